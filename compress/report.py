@@ -1,0 +1,124 @@
+"""`compress report`: one base's variants as a Markdown table and a quality-vs-cost plot.
+
+Quality is KL divergence to the base (lower is better; perplexity change is in the table).
+Cost is measured throughput at 32 streams when the cards have it (higher is better), and
+size on disk (lower is better). A variant is on the Pareto frontier when no other point is
+at least as good on both axes and better on one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def pareto(points: list[tuple[float, float]], maximize_x: bool) -> list[int]:
+    """Indices of non-dominated points; y (KL) is minimized, x maximized or minimized."""
+    sign = -1 if maximize_x else 1
+
+    def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+        ax, bx = sign * a[0], sign * b[0]
+        return ax <= bx and a[1] <= b[1] and (ax < bx or a[1] < b[1])
+
+    return [i for i, p in enumerate(points) if not any(dominates(q, p) for q in points)]
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:+.1f} %"
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def rows(variants: list[tuple[Path, dict]]) -> list[dict]:
+    out = []
+    for path, card in variants:
+        q, size, speed = card["quality"], card["size"], card.get("speed", {})
+        v32 = speed.get("variant", {}).get("streams_32", {})
+        v1 = speed.get("variant", {}).get("streams_1", {})
+        out.append(
+            {
+                "variant": card["variant"],
+                "hash": path.name,
+                "ppl": q["perplexity"],
+                "ppl_change": q.get("perplexity_change"),
+                "kl": q["kl_to_base"],
+                "top1": q["top1_agreement"],
+                "last_word": q["last_word_accuracy"],
+                "mb": size["bytes"] / 1e6,
+                "size_ratio": size["size_ratio"],
+                "tok_s_32": v32.get("tokens_per_s"),
+                "speedup_32": speed.get("speedup_32"),
+                "tok_s_1": v1.get("tokens_per_s"),
+                "ttft_1": v1.get("ttft_s_mean"),
+                "base": card["base"],
+                "base_ppl": q["base_perplexity"],
+                "base_last_word": q["base_last_word_accuracy"],
+                "base_tok_s_32": speed.get("base", {}).get("streams_32", {}).get("tokens_per_s"),
+            }
+        )
+    return out
+
+
+def markdown(table: list[dict]) -> str:
+    base = table[0]["base"]
+    lines = [
+        f"# Variants of {base['name']} ({base['fingerprint']})",
+        "",
+        f"Base: perplexity {table[0]['base_ppl']:.2f}, last-word accuracy "
+        f"{table[0]['base_last_word']:.2f}, {base['size_bytes'] / 1e6:.0f} MB, "
+        f"{base['parameters'] / 1e6:.1f} M parameters.",
+        "",
+        "| variant | ppl | ppl vs base | KL to base | top-1 agree | last word | MB | size vs base "
+        "| tok/s 32 streams | speed vs base | tok/s 1 stream | TTFT 1 stream (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(table, key=lambda r: r["kl"]):
+        lines.append(
+            f"| {r['variant']} | {r['ppl']:.2f} | {_pct(r['ppl_change'])} | {r['kl']:.4f} "
+            f"| {r['top1']:.3f} | {r['last_word']:.2f} | {r['mb']:.0f} "
+            f"| {r['size_ratio'] * 100:.0f} % | {_num(r['tok_s_32'], '.0f')} "
+            f"| {_num(r['speedup_32'], '.2f')}x | {_num(r['tok_s_1'], '.1f')} "
+            f"| {_num(r['ttft_1'], '.3f')} |"
+        )
+    return "\n".join(lines).replace("| -x |", "| - |") + "\n"
+
+
+def plot(table: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with_speed = [r for r in table if r["speedup_32"] is not None]
+    panels = [("size vs base (lower is cheaper)", "size_ratio", False, table)]
+    if with_speed:
+        panels.insert(0, ("throughput vs base, 32 streams (higher is better)", "speedup_32", True, with_speed))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5.5), squeeze=False)
+    for ax, (xlabel, key, maximize, rs) in zip(axes[0], panels, strict=True):
+        # The base is the point (1, 0): every variant is judged against it.
+        pts = [(1.0, 0.0)] + [(r[key], r["kl"]) for r in rs]
+        names = ["base"] + [r["variant"].removeprefix(r["base"]["name"] + "-") for r in rs]
+        front = pareto(pts, maximize)
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], c="tab:gray", label="variant")
+        fp = sorted((pts[i] for i in front), key=lambda p: p[0])
+        ax.plot([p[0] for p in fp], [p[1] for p in fp], "o-", c="tab:red", label="Pareto frontier")
+        for (x, y), name in zip(pts, names, strict=True):
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("KL divergence to base (nats/token, lower is better)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right", fontsize=8)
+    fig.suptitle(f"{table[0]['base']['name']}: quality vs cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(variants: list[tuple[Path, dict]], out: Path) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    table = rows(variants)
+    md, png = out / "report.md", out / "report.png"
+    md.write_text(markdown(table) + f"\n![quality vs cost]({png.name})\n")
+    plot(table, png)
+    return md, png

@@ -1,0 +1,96 @@
+"""Build the FastAPI app: routers, error handlers, and the engines' lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from server import basemodel, errors
+from server.backends.engine_process import EngineConfig, EngineProcess
+from server.backends.registry import Backend, Registry, engine_client
+from server.backends.remote_engine import RemoteEngine
+from server.health.router import router as health_router
+from server.inference.router import router as inference_router
+from server.metrics.registry import Metrics
+from server.models_api.router import router as models_router
+from server.settings import Settings
+from server.state import AppState
+
+log = logging.getLogger("leanserve")
+
+
+async def prepare_model(settings: Settings) -> str:
+    """Run `python -m server.basemodel` in the engine's environment; returns what vLLM loads.
+
+    A separate process keeps torch and transformers out of the gateway's memory.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        settings.engine.python,
+        "-m",
+        "server.basemodel",
+        settings.model,
+        "--home",
+        str(settings.home),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        lines = err.decode(errors="replace").strip().splitlines()
+        raise basemodel.ModelError(lines[-1] if lines else f"exit code {proc.returncode}")
+    return json.loads(out.decode().strip().splitlines()[-1])["source"]
+
+
+def build_registry(settings: Settings) -> Registry:
+    base = basemodel.expected_name(settings.model)
+    registry = Registry(base_name=base)
+    timeout = settings.request_timeout_s
+    for name, url in settings.remote_engines.items():
+        registry.add(Backend(name, RemoteEngine(name, url), engine_client(url, timeout)))
+    if base not in registry.backends:
+        engine = settings.engine
+        config = EngineConfig(
+            name=base,
+            model=settings.model,
+            python=engine.python,
+            host=engine.host,
+            kv_cache_gib=engine.kv_cache_gib,
+            gpu_memory_utilization=engine.gpu_memory_utilization,
+            max_model_len=engine.max_model_len,
+            enforce_eager=engine.enforce_eager,
+            extra_args=engine.extra_args,
+            log_path=settings.home / "logs" / f"engine-{base}.log",
+            start_timeout_s=engine.start_timeout_s,
+        )
+        process = EngineProcess(config, prepare=lambda: prepare_model(settings))
+        registry.add(Backend(base, process, engine_client(process.url, timeout)))
+    return registry
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        registry = build_registry(settings)
+        for name in registry.backends:
+            metrics.add_variant(name)
+        app.state.leanserve = AppState(settings, registry, metrics)
+        await registry.start()
+        log.info("leanserve up; engines starting: %s", ", ".join(registry.backends))
+        try:
+            yield
+        finally:
+            log.info("stopping engines")
+            await registry.stop()
+
+    app = FastAPI(title="leanserve", version="0.1.0", lifespan=lifespan)
+    errors.install(app)
+    app.include_router(inference_router)
+    app.include_router(models_router)
+    app.include_router(health_router)
+    return app

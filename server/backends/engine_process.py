@@ -1,0 +1,232 @@
+"""A vLLM engine as a supervised child process.
+
+Why a child process and not vLLM's in-process AsyncLLM: a crash (or an OOM kill) of one engine
+cannot take the gateway or the other variants with it; the supervisor sees the exit at once and
+restarts it with backoff; and the exact same OpenAI HTTP protocol serves local and remote engines,
+so the gateway has one backend client for both.
+
+Each engine runs in its own session (process group), so stopping it also stops the engine-core
+workers vLLM forks; PR_SET_PDEATHSIG makes the kernel end the API server if the gateway dies
+without cleaning up, so no orphan holds memory or a port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import httpx
+
+log = logging.getLogger("leanserve.engine")
+
+PR_SET_PDEATHSIG = 1
+
+
+class EngineState(StrEnum):
+    PREPARING = "preparing"  # converting or verifying the checkpoint
+    STARTING = "starting"
+    READY = "ready"
+    RESTARTING = "restarting"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass
+class EngineConfig:
+    name: str  # served model name, also the public variant name
+    model: str  # checkpoint directory or hub id
+    python: str
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: pick a free port
+    kv_cache_gib: float = 1.0
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = 2048
+    enforce_eager: bool = True
+    extra_args: list[str] = field(default_factory=list)
+    log_path: Path | None = None
+    start_timeout_s: float = 300
+    offline: bool = True  # local checkpoints need no hub: never ask it
+
+    def command(self, port: int) -> list[str]:
+        cmd = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model]
+        cmd += ["--served-model-name", self.name, "--host", self.host, "--port", str(port)]
+        if self.max_model_len:
+            cmd += ["--max-model-len", str(self.max_model_len)]
+        if self.enforce_eager:
+            cmd.append("--enforce-eager")
+        if self.gpu_memory_utilization:
+            cmd += ["--gpu-memory-utilization", str(self.gpu_memory_utilization)]
+        return cmd + list(self.extra_args)
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self.kv_cache_gib:g}")
+        env.setdefault("VLLM_NO_USAGE_STATS", "1")
+        env.setdefault("DO_NOT_TRACK", "1")
+        if self.offline:
+            env["HF_HUB_OFFLINE"] = "1"
+        return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EngineProcess:
+    """Starts, watches and restarts one vLLM API server; `url` is where it answers."""
+
+    restart_backoff_s = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+    healthy_after_s = 60.0  # a run this long resets the backoff
+
+    def __init__(self, config: EngineConfig, prepare: Callable[[], Awaitable[str]] | None = None):
+        """`prepare`, when given, runs once before the first start and returns the model path."""
+        self.config = config
+        self._prepare = prepare
+        self.port = config.port or free_port(config.host)
+        self.url = f"http://{config.host}:{self.port}"
+        self.state = EngineState.STOPPED
+        self.restarts = 0
+        self.last_error: str | None = None
+        self.started_at: float | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self._ready = asyncio.Event()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc and self._proc.returncode is None else None
+
+    @property
+    def ready(self) -> bool:
+        return self.state == EngineState.READY
+
+    def retry_after_s(self) -> int:
+        """What a 503 tells the client: roughly when this engine should answer again."""
+        if self.state == EngineState.RESTARTING:
+            return 15
+        return 5
+
+    async def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self._supervise(), name=f"engine-{self.config.name}")
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        return self.ready
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        self._stopping = True
+        await self._terminate(grace_s)
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        self.state = EngineState.STOPPED
+
+    async def _supervise(self) -> None:
+        if self._prepare is not None:
+            self.state = EngineState.PREPARING
+            try:
+                self.config.model = await self._prepare()
+            except Exception as exc:  # a model that cannot be prepared will not heal by retrying
+                self.last_error = f"preparing the model failed: {exc}"
+                self.state = EngineState.FAILED
+                log.error("engine %s: %s", self.config.name, self.last_error)
+                return
+        attempt = 0
+        while not self._stopping:
+            self.state = EngineState.STARTING if attempt == 0 else EngineState.RESTARTING
+            run_started = time.monotonic()
+            try:
+                await self._spawn()
+                await self._wait_healthy()
+                self.state = EngineState.READY
+                self._ready.set()
+                log.info("engine %s ready at %s (pid %s)", self.config.name, self.url, self.pid)
+                code = await self._proc.wait()
+                self.last_error = f"engine exited with code {code}"
+            except Exception as exc:  # a failed start is retried like a crash
+                self.last_error = str(exc)
+            self._ready.clear()
+            if self._stopping:
+                break
+            log.warning("engine %s down: %s", self.config.name, self.last_error)
+            self.state = EngineState.RESTARTING
+            await self._terminate(grace_s=2.0)
+            if time.monotonic() - run_started > self.healthy_after_s:
+                attempt = 0
+            delay = self.restart_backoff_s[min(attempt, len(self.restart_backoff_s) - 1)]
+            attempt += 1
+            self.restarts += 1
+            await asyncio.sleep(delay)
+
+    async def _spawn(self) -> None:
+        cfg = self.config
+        log_file = None
+        if cfg.log_path:
+            cfg.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_file = cfg.log_path.open("ab")
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *cfg.command(self.port),
+                env=cfg.environment(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file or asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            if log_file:
+                log_file.close()
+        self.started_at = time.monotonic()
+        log.info("engine %s starting: pid %s, log %s", cfg.name, self._proc.pid, cfg.log_path)
+
+    async def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.config.start_timeout_s
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self._proc.returncode is not None:
+                    raise RuntimeError(
+                        f"engine exited with code {self._proc.returncode} while starting"
+                    )
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{self.url}/health")).status_code == 200:
+                        return
+                await asyncio.sleep(0.5)
+        raise TimeoutError(f"engine not healthy within {self.config.start_timeout_s:.0f} s")
+
+    async def _terminate(self, grace_s: float) -> None:
+        """SIGTERM the engine's whole process group, then SIGKILL what is left after grace_s."""
+        proc = self._proc
+        if proc is None:
+            return
+        pgid = proc.pid  # start_new_session: the group id is the leader's pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), grace_s)
+        # The leader may be gone while its workers linger: kill the group either way.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 5)

@@ -1,0 +1,77 @@
+"""The backends the gateway can send a request to, by public model name."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+import httpx
+
+from server.backends.engine_process import EngineProcess
+from server.backends.remote_engine import RemoteEngine
+from server.errors import model_not_found
+
+Engine = EngineProcess | RemoteEngine
+
+
+@dataclass
+class Backend:
+    """One served variant: its engine and the HTTP client that talks to it."""
+
+    name: str  # public model name: "<base>" or "<base>:<variant>"
+    engine: Engine
+    client: httpx.AsyncClient
+    card: dict | None = None
+    in_flight: int = 0
+    max_model_len: int | None = None  # read from the engine once it is ready
+
+    @property
+    def ready(self) -> bool:
+        return self.engine.ready
+
+    async def context_window(self) -> int | None:
+        """The engine's max_model_len, asked once (remote engines may differ from our config)."""
+        if self.max_model_len is None:
+            with contextlib.suppress(httpx.HTTPError, KeyError, IndexError, ValueError):
+                models = (await self.client.get("/v1/models")).json()["data"]
+                self.max_model_len = models[0].get("max_model_len")
+        return self.max_model_len
+
+
+def engine_client(url: str, timeout_s: float) -> httpx.AsyncClient:
+    # No pool limit: the engine does its own queueing, and a cap here would add a second queue.
+    return httpx.AsyncClient(
+        base_url=url,
+        timeout=httpx.Timeout(timeout_s, connect=5.0),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+    )
+
+
+@dataclass
+class Registry:
+    base_name: str
+    backends: dict[str, Backend] = field(default_factory=dict)
+
+    def add(self, backend: Backend) -> None:
+        self.backends[backend.name] = backend
+
+    def get(self, model: str) -> Backend:
+        backend = self.backends.get(model)
+        if backend is None:
+            raise model_not_found(model)
+        return backend
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.backends) and all(b.ready for b in self.backends.values())
+
+    async def start(self) -> None:
+        for backend in self.backends.values():
+            await backend.engine.start()
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        await asyncio.gather(*(b.engine.stop(grace_s) for b in self.backends.values()))
+        for backend in self.backends.values():
+            with contextlib.suppress(Exception):
+                await backend.client.aclose()

@@ -1,0 +1,26 @@
+"""What every request handler needs, built once per app and reached through a dependency."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from server.backends.registry import Registry
+from server.metrics.registry import Metrics
+from server.settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    registry: Registry
+    metrics: Metrics
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.leanserve
+
+
+State = Annotated[AppState, Depends(get_state)]

@@ -1,0 +1,86 @@
+"""Start a real `leanserve serve` in a child process for end-to-end tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Gateway:
+    proc: subprocess.Popen
+    url: str
+    log_path: Path
+
+    def ready_info(self) -> dict:
+        return httpx.get(f"{self.url}/ready", timeout=5).json()
+
+    def engine(self, name: str | None = None) -> dict:
+        engines = self.ready_info()["engines"]
+        return engines[name] if name else next(iter(engines.values()))
+
+    def wait_ready(self, timeout_s: float = 600) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited: {self.log_tail()}")
+            try:
+                response = httpx.get(f"{self.url}/ready", timeout=2)
+                if response.status_code == 200:
+                    return
+                failed = {k: v for k, v in response.json()["engines"].items() if v["state"] == "failed"}
+                if failed:
+                    raise RuntimeError(f"engines failed: {failed}")
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"gateway not ready in {timeout_s} s: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_gateway(
+    home: Path,
+    log_path: Path,
+    extra_env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+) -> Gateway:
+    port = free_port()
+    env = {**os.environ, "LEANSERVE_HOME": str(home), **(extra_env or {})}
+    log_file = log_path.open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "serve", "--port", str(port), *(args or [])],
+        cwd=REPO,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    return Gateway(proc, f"http://127.0.0.1:{port}", log_path)
