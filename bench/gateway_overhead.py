@@ -32,8 +32,11 @@ async def measure(gateway_url: str, engine_url: str, model: str, args) -> dict:
             url = engine_url if label == "direct" else gateway_url
             r = await run_round(label, url, model, args.concurrency, args.requests, args.max_tokens)
             rounds[label].append(r)
-            print(f"round {i} {label:8s} {r.tokens_per_s:7.1f} tok/s  median TTFT "
-                  f"{r.median_ttft_s * 1000:7.1f} ms  errors {r.errors}", flush=True)
+            print(
+                f"round {i} {label:8s} {r.tokens_per_s:7.1f} tok/s  median TTFT "
+                f"{r.median_ttft_s * 1000:7.1f} ms  errors {r.errors}",
+                flush=True,
+            )
     direct_tps = statistics.median(r.tokens_per_s for r in rounds["direct"])
     gateway_tps = statistics.median(r.tokens_per_s for r in rounds["gateway"])
     ttft = {k: statistics.median(x.ttft_s for r in v for x in r.results) for k, v in rounds.items()}

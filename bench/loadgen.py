@@ -49,7 +49,9 @@ class Round:
         return sum(r.status != 200 for r in self.results)
 
 
-async def one_request(client: httpx.AsyncClient, url: str, model: str, max_tokens: int, i: int) -> Result:
+async def one_request(
+    client: httpx.AsyncClient, url: str, model: str, max_tokens: int, i: int
+) -> Result:
     body = {
         "model": model,
         "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
@@ -83,7 +85,9 @@ async def run_round(
     for i in range(requests):
         queue.put_nowait(i)
     results: list[Result] = []
-    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
+    limits = httpx.Limits(
+        max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2
+    )
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
 
         async def worker() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -58,25 +59,29 @@ class BuildContext:
 
     @contextlib.contextmanager
     def layer_progress(self, model) -> Iterator[None]:
-        """Progress from decoder layers being reached: llm-compressor calibrates layer by layer."""
-        layers = model.model.layers
-        self.progress.set_total(len(layers))
+        """Progress of an llm-compressor run, read from its log lines naming model.layers.N.
+
+        Its sequential pipeline calibrates and compresses one decoder layer at a time and
+        logs each module it compresses, so the highest layer index named is the progress.
+        """
+        from loguru import logger
+
+        num = len(model.model.layers)
+        self.progress.set_total(num)
         seen = {"max": 0}
 
-        def hook(index: int):
-            def pre(_module, _args):
-                if index + 1 > seen["max"]:
-                    seen["max"] = index + 1
-                    self.progress.update(index + 1)
+        def sink(message) -> None:
+            for match in re.finditer(r"layers\.(\d+)\.", str(message)):
+                index = int(match.group(1)) + 1
+                if index > seen["max"]:
+                    seen["max"] = index
+                    self.progress.update(index)
 
-            return pre
-
-        handles = [layer.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
+        handle = logger.add(sink, level="DEBUG", format="{message}")
         try:
             yield
         finally:
-            for h in handles:
-                h.remove()
+            logger.remove(handle)
 
 
 @dataclass

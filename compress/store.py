@@ -64,6 +64,10 @@ def building(store: Path, base_fp: str, recipe_hash: str) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f"{recipe_hash}.{os.getpid()}.", dir=tmp_root))
     try:
         yield tmp
+        # mkdtemp makes the folder private; a published variant is read by servers and people.
+        tmp.chmod(0o755)
+        for path in tmp.iterdir():
+            path.chmod(0o644)
         target = variant_dir(store, base_fp, recipe_hash)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -44,7 +44,9 @@ class Gateway:
                 response = httpx.get(f"{self.url}/ready", timeout=2)
                 if response.status_code == 200:
                     return
-                failed = {k: v for k, v in response.json()["engines"].items() if v["state"] == "failed"}
+                failed = {
+                    k: v for k, v in response.json()["engines"].items() if v["state"] == "failed"
+                }
                 if failed:
                     raise RuntimeError(f"engines failed: {failed}")
             except httpx.HTTPError:

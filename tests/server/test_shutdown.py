@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 
@@ -51,7 +52,9 @@ def test_sigterm_drains_and_leaves_no_orphans(home, tmp_path, base_model):
         with pytest.raises(httpx.ConnectError):  # no new work is taken
             httpx.get(f"{gw.url}/health", timeout=5)
         streamer.join(120)
-        assert gw.proc.wait(90) == 0
+        # uvicorn re-raises the captured SIGTERM after its clean shutdown, hence -SIGTERM.
+        assert gw.proc.wait(90) in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in gw.log_tail()
     finally:
         gw.stop()
 
