@@ -183,8 +183,14 @@ def run(p: Plan, progress: Progress) -> tuple[dict, bool]:
         if not any(isinstance(s, QuantizeStep) for s in p.recipe.steps):
             model = model.to(save_dtype)
         sparsity = _sparsity(model, p.recipe)
+        structure = {"num_hidden_layers": model.config.num_hidden_layers}
+        if getattr(model.config, "layer_types", None):
+            structure["layer_types"] = list(model.config.layer_types)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        # llm-compressor rewrites config.json from the base's original file; layer pruning
+        # changed the structure, so put the pruned model's values back.
+        _patch_config(tmp / "config.json", structure)
         if (tmp / "recipe.yaml").exists():  # llm-compressor's own record of its modifiers
             os.replace(tmp / "recipe.yaml", tmp / "llmcompressor-recipe.yaml")
         (tmp / "recipe.yaml").write_text(p.recipe.to_yaml())
@@ -271,6 +277,15 @@ def _dumps(obj: dict) -> str:
     import json
 
     return json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n"
+
+
+def _patch_config(path: Path, values: dict) -> None:
+    import json
+
+    config = json.loads(path.read_text())
+    if any(config.get(k) != v for k, v in values.items()):
+        config.update(values)
+        path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _config_dtype(base: Path):

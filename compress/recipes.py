@@ -245,8 +245,8 @@ class Recipe(Strict):
         return yaml.safe_dump(self.spec(), sort_keys=False)
 
 
-_PRUNE = re.compile(r"^prune-(?P<f>[0-9.]+)(?P<angular>-angular)?$")
-_WANDA = re.compile(r"^wanda-(?P<s>[0-9.]+)$")
+_PRUNE = re.compile(r"^prune-(?P<f>[^-]+)(?P<angular>-angular)?$")
+_WANDA = re.compile(r"^wanda-(?P<s>[^-]+)$")
 
 
 def named_recipes() -> dict[str, str]:

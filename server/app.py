@@ -5,20 +5,26 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from server import basemodel, errors
+from server.auth import admin_key, api_keys
 from server.backends.engine_process import EngineConfig, EngineProcess
 from server.backends.registry import Backend, Registry, engine_client
 from server.backends.remote_engine import RemoteEngine
+from server.experiments.router import router as experiments_router
+from server.experiments.service import Experiments
 from server.health.router import router as health_router
 from server.inference.router import router as inference_router
 from server.metrics.registry import Metrics
 from server.models_api.router import router as models_router
 from server.settings import Settings
-from server.state import AppState
+from server.state import AppState, Keys
+from server.variants.router import router as variants_router
+from server.variants.service import VariantManager
 
 log = logging.getLogger("leanserve")
 
@@ -45,6 +51,13 @@ async def prepare_model(settings: Settings) -> str:
     return json.loads(out.decode().strip().splitlines()[-1])["source"]
 
 
+def cpu_core(settings: Settings, index: int) -> str | None:
+    """The core the index-th local engine binds to (round robin), when spreading on CPUs."""
+    if not settings.engine.cpu_spread:
+        return None
+    return str(index % (os.cpu_count() or 1))
+
+
 def build_registry(settings: Settings) -> Registry:
     base = basemodel.expected_name(settings.model)
     registry = Registry(base_name=base)
@@ -65,10 +78,18 @@ def build_registry(settings: Settings) -> Registry:
             extra_args=engine.extra_args,
             log_path=settings.home / "logs" / f"engine-{base}.log",
             start_timeout_s=engine.start_timeout_s,
+            cpu_bind=cpu_core(settings, 0),
         )
         process = EngineProcess(config, prepare=lambda: prepare_model(settings))
         registry.add(Backend(base, process, engine_client(process.url, timeout)))
     return registry
+
+
+def experiment_store_url(settings: Settings) -> str:
+    if settings.experiment_store:
+        return settings.experiment_store
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(settings.home / 'experiments.db').resolve()}"
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -77,20 +98,52 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         registry = build_registry(settings)
-        for name in registry.backends:
+        for name, backend in registry.backends.items():
             metrics.add_variant(name)
-        app.state.leanserve = AppState(settings, registry, metrics)
+            backend.breaker.failures = settings.routing.breaker_failures
+            backend.breaker.cooldown_s = settings.routing.breaker_cooldown_s
+        experiments = Experiments.from_settings(
+            settings.experiments, experiment_store_url(settings), metrics
+        )
+        base_path = _memo(lambda: prepare_model(settings))
+        variants = VariantManager(
+            settings, registry, metrics, base_path, lambda i: cpu_core(settings, i)
+        )
+        keys = Keys(api_keys(settings.auth), admin_key(settings.auth))
+        app.state.leanserve = AppState(settings, registry, metrics, experiments, variants, keys)
+        experiments.store.start()
         await registry.start()
         log.info("leanserve up; engines starting: %s", ", ".join(registry.backends))
+        if registry.base_name in settings.remote_engines:
+            log.info("base served remotely: variants are built and served elsewhere")
+        else:
+            await variants.start()
         try:
             yield
         finally:
-            log.info("stopping engines")
+            log.info("stopping variant builds and engines")
+            await variants.stop()
             await registry.stop()
+            await experiments.store.stop()
 
     app = FastAPI(title="leanserve", version="0.1.0", lifespan=lifespan)
     errors.install(app)
     app.include_router(inference_router)
     app.include_router(models_router)
     app.include_router(health_router)
+    app.include_router(variants_router)
+    app.include_router(experiments_router)
     return app
+
+
+def _memo(factory):
+    """An async function that runs `factory` once and then returns its result."""
+    task: asyncio.Task | None = None
+
+    async def get():
+        nonlocal task
+        if task is None or (task.done() and task.exception() is not None):
+            task = asyncio.ensure_future(factory())
+        return await asyncio.shield(task)
+
+    return get

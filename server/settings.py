@@ -10,8 +10,9 @@ import os
 import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
 
 
@@ -28,6 +29,82 @@ class EngineSettings(BaseModel):
     enforce_eager: bool = Field(default=True, description="Skip torch.compile: 3x faster start.")
     start_timeout_s: float = Field(default=300, gt=0)
     extra_args: list[str] = Field(default_factory=list, description="More vLLM CLI arguments.")
+    cpu_spread: bool = Field(
+        default=True,
+        description="On CPUs, pin each engine to its own core, round robin: left alone, every "
+        "vLLM CPU engine binds to the same first core.",
+    )
+
+
+class SLOSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ttft_s: float = Field(default=1.0, gt=0, description="Time to first token, seconds.")
+    tpot_s: float = Field(default=0.2, gt=0, description="Time per output token, seconds.")
+
+
+class RoutingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default_policy: Literal["quality", "cost", "latency", "slo"] = "quality"
+    quality_floor: float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description="Lowest acceptable quality (card: top-1 agreement with the base).",
+    )
+    slo: SLOSettings = Field(default_factory=SLOSettings)
+    max_attempts: int = Field(default=3, ge=1, description="Variants tried before a request fails.")
+    max_in_flight: int = Field(default=256, ge=1, description="Per variant; beyond it, overloaded.")
+    engine_slots: int = Field(default=32, ge=1, description="Requests an engine batches at once.")
+    breaker_failures: int = Field(default=3, ge=1)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
+
+
+class CostSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    machine_usd_per_hour: float = Field(default=1.0, gt=0, description="What the machine costs.")
+
+
+class ArmSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    variant: str = Field(min_length=1)
+    weight: float = Field(default=1.0, gt=0)
+
+
+class ExperimentSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    arms: list[ArmSettings] = Field(min_length=2)
+    control: str | None = Field(
+        default=None, description="The arm others are compared to; the first."
+    )
+    state: Literal["running", "paused", "stopped"] = "running"
+
+    @model_validator(mode="after")
+    def _control_is_an_arm(self):
+        variants = [a.variant for a in self.arms]
+        if len(set(variants)) != len(variants):
+            raise ValueError("arms must name distinct variants")
+        if self.control is None:
+            self.control = variants[0]
+        elif self.control not in variants:
+            raise ValueError(f"control {self.control!r} is not one of the arms {variants}")
+        return self
+
+
+class AuthSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    api_keys: list[str] = Field(
+        default_factory=list, description="Bearer keys for /v1; none: open."
+    )
+    api_keys_file: Path | None = Field(default=None, description="One key per line.")
+    admin_key: str | None = None
+    admin_key_file: Path | None = None
 
 
 class Settings(BaseSettings):
@@ -48,6 +125,23 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Variant name -> base URL of an OpenAI-compatible engine that runs elsewhere. "
         "A base served remotely starts no local engine.",
+    )
+    variants: list[str] = Field(
+        default_factory=lambda: ["w8a8", "w4a16"],
+        description="Recipes (names or YAML files) built in the background and served when ready.",
+    )
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    cost: CostSettings = Field(default_factory=CostSettings)
+    experiments: list[ExperimentSettings] = Field(default_factory=list)
+    experiment_store: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file experiments.db in home."
+    )
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    compress_python: str = Field(
+        default=".venv-compress/bin/python", description="Python of the compress environment."
+    )
+    build_args: list[str] = Field(
+        default_factory=list, description="More `compress build` arguments (e.g. smaller budgets)."
     )
     max_n: int = Field(default=8, ge=1, description="Largest n (choices per request) accepted.")
     request_timeout_s: float = Field(default=600, gt=0)

@@ -8,8 +8,16 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from server.backends.registry import Registry
+from server.experiments.service import Experiments
 from server.metrics.registry import Metrics
 from server.settings import Settings
+from server.variants.service import VariantManager
+
+
+@dataclass
+class Keys:
+    api: list[str]
+    admin: str | None
 
 
 @dataclass
@@ -17,6 +25,9 @@ class AppState:
     settings: Settings
     registry: Registry
     metrics: Metrics
+    experiments: Experiments
+    variants: VariantManager
+    keys: Keys
 
 
 def get_state(request: Request) -> AppState:

@@ -56,6 +56,7 @@ class EngineConfig:
     log_path: Path | None = None
     start_timeout_s: float = 300
     offline: bool = True  # local checkpoints need no hub: never ask it
+    cpu_bind: str | None = None  # VLLM_CPU_OMP_THREADS_BIND, e.g. "1": which cores (CPU engines)
 
     def command(self, port: int) -> list[str]:
         cmd = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model]
@@ -75,6 +76,8 @@ class EngineConfig:
         env.setdefault("DO_NOT_TRACK", "1")
         if self.offline:
             env["HF_HUB_OFFLINE"] = "1"
+        if self.cpu_bind is not None:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_bind
         return env
 
 

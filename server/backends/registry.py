@@ -11,6 +11,8 @@ import httpx
 from server.backends.engine_process import EngineProcess
 from server.backends.remote_engine import RemoteEngine
 from server.errors import model_not_found
+from server.routing.breaker import Breaker
+from server.routing.live_stats import LiveStats
 
 Engine = EngineProcess | RemoteEngine
 
@@ -22,9 +24,13 @@ class Backend:
     name: str  # public model name: "<base>" or "<base>:<variant>"
     engine: Engine
     client: httpx.AsyncClient
-    card: dict | None = None
+    card: dict | None = None  # the variant's measured card; None for the base
     in_flight: int = 0
     max_model_len: int | None = None  # read from the engine once it is ready
+    variant: str | None = None  # recipe name; None for the base
+    stats: LiveStats = field(default_factory=LiveStats)
+    breaker: Breaker = field(default_factory=Breaker)
+    accepting: bool = True  # False while retiring: no new requests
 
     @property
     def ready(self) -> bool:
@@ -56,7 +62,13 @@ class Registry:
     def add(self, backend: Backend) -> None:
         self.backends[backend.name] = backend
 
+    def remove(self, name: str) -> Backend | None:
+        return self.backends.pop(name, None)
+
     def get(self, model: str) -> Backend:
+        """A backend by public name; "<base>:base" pins the base itself."""
+        if model == f"{self.base_name}:base":
+            model = self.base_name
         backend = self.backends.get(model)
         if backend is None:
             raise model_not_found(model)

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from server.api_docs import ERROR_RESPONSES
+from server.auth import ApiKey
 from server.inference import service
 from server.inference.protocol import ChatCompletionRequest, CompletionRequest
 from server.state import State
 
-router = APIRouter(prefix="/v1", tags=["inference"])
+router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[ApiKey])
 
 
 @router.post("/chat/completions", responses=ERROR_RESPONSES)
-async def create_chat_completion(request: ChatCompletionRequest, state: State) -> Response:
-    service.check_limits(request, state.settings.max_n)
-    backend = state.registry.get(request.model)
-    return await service.serve(request, "chat", "/v1/chat/completions", backend, state.metrics)
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, state: State
+) -> Response:
+    return await service.serve(body, "chat", "/v1/chat/completions", state, request.headers)
 
 
 @router.post("/completions", responses=ERROR_RESPONSES)
-async def create_completion(request: CompletionRequest, state: State) -> Response:
-    service.check_limits(request, state.settings.max_n)
-    backend = state.registry.get(request.model)
-    return await service.serve(request, "completions", "/v1/completions", backend, state.metrics)
+async def create_completion(body: CompletionRequest, request: Request, state: State) -> Response:
+    return await service.serve(body, "completions", "/v1/completions", state, request.headers)

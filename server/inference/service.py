@@ -1,16 +1,20 @@
-"""Send a validated OpenAI request to its variant's engine and relay the answer.
+"""Send a validated OpenAI request to the variant the router picks, and relay the answer.
 
 The gateway adds little on the hot path: the engine's JSON and SSE bytes pass through as they
 come; only the final usage event of a stream is parsed (for token counts), and it is dropped
-again when the client did not ask for usage.
+again when the client did not ask for usage. A variant that fails before the first token has
+been sent is skipped for the next candidate (bounded by routing.max_attempts) and its breaker
+counts the failure.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import httpx
@@ -20,10 +24,13 @@ from server.backends.registry import Backend
 from server.errors import APIError, bad_request, sse_error_event, unavailable
 from server.inference.protocol import ChatCompletionRequest, InferenceRequest
 from server.metrics.registry import Metrics
+from server.routing import service as routing
+from server.state import AppState
 
 log = logging.getLogger("leanserve.inference")
 
 DONE = b"data: [DONE]\n\n"
+POLICY_FIELD = "leanserve_policy"  # body field for SDKs' extra_body
 
 
 @dataclass
@@ -34,7 +41,36 @@ class Call:
     route: str  # "chat" or "completions"
     path: str  # engine path, e.g. /v1/chat/completions
     started: float
+    request_id: str
+    plan: routing.RoutePlan
+    user: str | None = None
     first_token_at: float | None = None
+
+
+@dataclass
+class Outcome:
+    """What happened to a request, for experiments and metrics."""
+
+    request_id: str
+    experiment: str | None
+    arm: str | None
+    variant: str
+    user: str | None
+    latency_s: float
+    ttft_s: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+    error: str | None
+
+
+class Retryable(Exception):
+    """The backend failed before anything reached the client: another one may serve it."""
+
+    def __init__(self, error: APIError, why: str):
+        super().__init__(error.message)
+        self.error = error
+        self.why = why
 
 
 def check_limits(request: InferenceRequest, max_n: int) -> None:
@@ -46,12 +82,21 @@ def check_limits(request: InferenceRequest, max_n: int) -> None:
 
 def engine_body(request: InferenceRequest, backend: Backend) -> dict:
     body = request.model_dump(exclude_unset=True)
+    body.pop(POLICY_FIELD, None)
     body["model"] = backend.name
     return body
 
 
-def response_headers(backend: Backend) -> dict[str, str]:
-    return {"X-Leanserve-Variant": backend.name}
+def response_headers(call: Call) -> dict[str, str]:
+    headers = {
+        "X-Leanserve-Variant": call.backend.name,
+        "X-Leanserve-Route-Reason": call.plan.reason,
+        "X-Leanserve-Policy": call.plan.policy,
+        "X-Request-Id": call.request_id,
+    }
+    if call.plan.experiment:
+        headers["X-Leanserve-Experiment"] = f"{call.plan.experiment}/{call.plan.arm}"
+    return headers
 
 
 def upstream_error(status: int, content: bytes) -> APIError:
@@ -63,11 +108,8 @@ def upstream_error(status: int, content: bytes) -> APIError:
     except (ValueError, KeyError, TypeError, AttributeError):
         pass
     if 400 <= status < 500:
-        code = (
-            "context_length_exceeded"
-            if "max_model_len" in message or "context length" in message
-            else None
-        )
+        too_long = "max_model_len" in message or "context length" in message
+        code = "context_length_exceeded" if too_long else None
         return APIError(status, message, "invalid_request_error", param, code)
     return APIError(502, f"The engine failed: {message}", "server_error", None, "engine_error")
 
@@ -141,133 +183,233 @@ def _refuse_context(prompt_tokens: int, wanted: int, limit: int) -> None:
         )
 
 
+def requested_policy(request: InferenceRequest, headers: Mapping[str, str]):
+    raw = headers.get("x-leanserve-policy") or (request.model_extra or {}).get(POLICY_FIELD)
+    return routing.parse_policy(raw)
+
+
 async def serve(
-    request: InferenceRequest, route: str, path: str, backend: Backend, metrics: Metrics
+    request: InferenceRequest, route: str, path: str, state: AppState, headers: Mapping[str, str]
 ) -> Response:
-    if not backend.ready:
-        raise unavailable(
-            f"The engine for '{backend.name}' is {backend.engine.state}; retry shortly.",
-            backend.engine.retry_after_s(),
-        )
-    call = Call(backend, route, path, time.perf_counter())
-    await check_context(request, backend)
-    body = engine_body(request, backend)
-    if body.get("stream"):
-        return await _stream(call, body, metrics)
-    return await _complete(call, body, metrics)
+    settings, registry, metrics = state.settings, state.registry, state.metrics
+    check_limits(request, settings.max_n)
+    policy = requested_policy(request, headers)
+    user = headers.get("x-user-id") or request.user
+    arm = None
+    if request.model == registry.base_name and policy is None:
+        arm = state.experiments.assign(user)
+    plan = routing.plan(request.model, policy, settings, registry, arm)
+    request_id = uuid.uuid4().hex
+    last_error: APIError | None = None
+    tried = 0
+    for backend in plan.candidates:
+        if tried >= settings.routing.max_attempts:
+            break
+        if tried > 0 and routing.usable(backend, settings) is not None:
+            continue
+        if not backend.ready:
+            last_error = unavailable(
+                f"The engine for '{backend.name}' is {backend.engine.state}; retry shortly.",
+                backend.engine.retry_after_s(),
+            )
+            continue
+        tried += 1
+        await check_context(request, backend)
+        call = Call(backend, route, path, time.perf_counter(), request_id, plan, user)
+        body = engine_body(request, backend)
+        try:
+            if body.get("stream"):
+                response = await _stream(call, body, state)
+            else:
+                response = await _complete(call, body, state)
+        except Retryable as exc:
+            backend.breaker.failure()
+            metrics.fallbacks.labels(backend.name, exc.why).inc()
+            log.warning(
+                "%s failed before its first token (%s); trying the next", backend.name, exc.why
+            )
+            last_error = exc.error
+            if plan.experiment:
+                state.experiments.record(_outcome(call, None, None, exc.error.code))
+            continue
+        metrics.routing_decisions.labels(
+            plan.policy, backend.name, plan.code if tried == 1 else "fallback"
+        ).inc()
+        return response
+    raise last_error or unavailable(f"No variant of '{request.model}' could serve the request.", 5)
 
 
-async def _complete(call: Call, body: dict, metrics: Metrics) -> Response:
-    backend = call.backend
+async def _complete(call: Call, body: dict, state: AppState) -> Response:
+    backend, metrics = call.backend, state.metrics
     backend.in_flight += 1
     metrics.in_flight.labels(backend.name).inc()
-    status = 503
+    status, usage, finish, error = 503, None, None, None
     try:
         try:
             upstream = await backend.client.post(call.path, json=body)
-        except httpx.HTTPError as exc:
+        except httpx.TimeoutException as exc:
+            if isinstance(exc, httpx.ConnectTimeout):
+                raise Retryable(transport_error(exc, backend), "unreachable") from exc
+            status = 504
             raise transport_error(exc, backend) from exc
+        except httpx.HTTPError as exc:
+            raise Retryable(transport_error(exc, backend), "unreachable") from exc
         status = upstream.status_code
+        if status >= 500:
+            raise Retryable(upstream_error(status, upstream.content), "engine_error")
         if status != 200:
             error = upstream_error(status, upstream.content)
             status = error.status
             raise error
-        usage = json.loads(upstream.content).get("usage")
-        _account(call, metrics, usage, first_token_at=None)
-        return Response(upstream.content, 200, response_headers(backend), "application/json")
+        payload = json.loads(upstream.content)
+        usage = payload.get("usage")
+        choices = payload.get("choices") or [{}]
+        finish = choices[0].get("finish_reason")
+        backend.breaker.success()
+        return Response(upstream.content, 200, response_headers(call), "application/json")
     finally:
         backend.in_flight -= 1
         metrics.in_flight.labels(backend.name).dec()
         metrics.requests.labels(backend.name, call.route, str(status)).inc()
-        metrics.request_seconds.labels(backend.name, call.route).observe(
-            time.perf_counter() - call.started
-        )
+        _finish(call, state, usage, finish, None if status == 200 else str(status))
 
 
-async def _stream(call: Call, body: dict, metrics: Metrics) -> Response:
-    backend = call.backend
+async def _stream(call: Call, body: dict, state: AppState) -> Response:
+    backend, metrics = call.backend, state.metrics
     options = dict(body.get("stream_options") or {})
     client_wants_usage = bool(options.get("include_usage"))
     # Always ask the engine for usage: it is how generated tokens are counted exactly.
     body["stream_options"] = {**options, "include_usage": True}
+    backend.in_flight += 1
     try:
-        upstream = await backend.client.send(
-            backend.client.build_request("POST", call.path, json=body), stream=True
-        )
-    except httpx.HTTPError as exc:
-        metrics.requests.labels(backend.name, call.route, "503").inc()
-        raise transport_error(exc, backend) from exc
-    if upstream.status_code != 200:
-        content = await upstream.aread()
-        await upstream.aclose()
-        error = upstream_error(upstream.status_code, content)
-        metrics.requests.labels(backend.name, call.route, str(error.status)).inc()
-        raise error
+        try:
+            upstream = await backend.client.send(
+                backend.client.build_request("POST", call.path, json=body), stream=True
+            )
+        except httpx.HTTPError as exc:
+            metrics.requests.labels(backend.name, call.route, "503").inc()
+            raise Retryable(transport_error(exc, backend), "unreachable") from exc
+        if upstream.status_code != 200:
+            content = await upstream.aread()
+            await upstream.aclose()
+            error = upstream_error(upstream.status_code, content)
+            metrics.requests.labels(backend.name, call.route, str(error.status)).inc()
+            if upstream.status_code >= 500:
+                raise Retryable(error, "engine_error")
+            raise error
+        # Wait for the first event before answering: until then another variant can still
+        # take over without the client noticing.
+        chunks = upstream.aiter_raw()
+        first = b""
+        try:
+            while b"\n\n" not in first:
+                first += await anext(chunks)
+        except (httpx.HTTPError, StopAsyncIteration) as exc:
+            await upstream.aclose()
+            metrics.requests.labels(backend.name, call.route, "502").inc()
+            error = APIError(502, "The engine broke before its first token.", "server_error")
+            raise Retryable(error, "engine_error") from exc
+    finally:
+        backend.in_flight -= 1
+    backend.breaker.success()
     return StreamingResponse(
-        _relay(call, upstream, client_wants_usage, metrics),
+        _relay(call, upstream, chunks, first, client_wants_usage, state),
         media_type="text/event-stream",
-        headers={**response_headers(backend), "Cache-Control": "no-cache"},
+        headers={**response_headers(call), "Cache-Control": "no-cache"},
     )
 
 
 async def _relay(
-    call: Call, upstream: httpx.Response, client_wants_usage: bool, metrics: Metrics
+    call: Call,
+    upstream: httpx.Response,
+    chunks: AsyncIterator[bytes],
+    first: bytes,
+    client_wants_usage: bool,
+    state: AppState,
 ) -> AsyncIterator[bytes]:
-    backend = call.backend
+    backend, metrics = call.backend, state.metrics
     backend.in_flight += 1
     metrics.in_flight.labels(backend.name).inc()
-    usage = None
+    usage, finish, error = None, None, None
     status = "200"
-    pending = b""
+    pending = first
+
+    def split() -> bytes:
+        """Whole events out of `pending`, less the usage-only chunk the client did not ask for."""
+        nonlocal pending, usage, finish
+        out = []
+        while (end := pending.find(b"\n\n")) >= 0:
+            event, pending = pending[: end + 2], pending[end + 2 :]
+            if call.first_token_at is None:
+                call.first_token_at = time.perf_counter()
+            if b'"finish_reason":"' in event:
+                finish = json.loads(event[event.index(b"{") :])["choices"][0].get("finish_reason")
+            if b'"usage":{' in event:
+                chunk = json.loads(event[event.index(b"{") :])
+                usage = chunk.get("usage") or usage
+                if not client_wants_usage and not chunk.get("choices"):
+                    continue
+            out.append(event)
+        return b"".join(out)
+
     try:
-        async for raw in upstream.aiter_raw():
+        if data := split():
+            yield data
+        async for raw in chunks:
             pending += raw
-            out = []
-            while (end := pending.find(b"\n\n")) >= 0:
-                event, pending = pending[: end + 2], pending[end + 2 :]
-                if call.first_token_at is None:
-                    call.first_token_at = time.perf_counter()
-                if b'"usage":{' in event:
-                    chunk = json.loads(event[event.index(b"{") :])
-                    usage = chunk.get("usage") or usage
-                    if not client_wants_usage and not chunk.get("choices"):
-                        continue  # the usage-only chunk we added
-                out.append(event)
-            if out:
-                yield b"".join(out)
+            if data := split():
+                yield data
     except httpx.HTTPError as exc:
         # Headers are sent: the only way left to tell the client is an error event, then [DONE].
-        status = "502"
+        status, error = "502", "engine_error"
         log.warning("stream from %s broke: %r", backend.name, exc)
-        yield sse_error_event(
-            APIError(
-                502,
-                f"The engine for '{backend.name}' failed mid-stream.",
-                "server_error",
-                None,
-                "engine_error",
-            )
-        )
+        message = f"The engine for '{backend.name}' failed mid-stream."
+        yield sse_error_event(APIError(502, message, "server_error", None, "engine_error"))
         yield DONE
+    except (asyncio.CancelledError, GeneratorExit):
+        status, error = "499", "client_disconnected"  # nginx's code for a client that left
+        raise
     finally:
         await upstream.aclose()
         backend.in_flight -= 1
         metrics.in_flight.labels(backend.name).dec()
         metrics.requests.labels(backend.name, call.route, status).inc()
-        metrics.request_seconds.labels(backend.name, call.route).observe(
-            time.perf_counter() - call.started
-        )
-        _account(call, metrics, usage, call.first_token_at)
+        _finish(call, state, usage, finish, error)
 
 
-def _account(
-    call: Call, metrics: Metrics, usage: dict | None, first_token_at: float | None
+def _outcome(call: Call, usage: dict | None, finish: str | None, error: str | None) -> Outcome:
+    usage = usage or {}
+    return Outcome(
+        request_id=call.request_id,
+        experiment=call.plan.experiment,
+        arm=call.plan.arm,
+        variant=call.backend.name,
+        user=call.user,
+        latency_s=time.perf_counter() - call.started,
+        ttft_s=(call.first_token_at - call.started) if call.first_token_at else None,
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        finish_reason=finish,
+        error=error,
+    )
+
+
+def _finish(
+    call: Call, state: AppState, usage: dict | None, finish: str | None, error: str | None
 ) -> None:
-    name = call.backend.name
-    completion = metrics.record_usage(name, usage)
-    if first_token_at is None:
-        return
-    now = time.perf_counter()
-    metrics.ttft_seconds.labels(name).observe(first_token_at - call.started)
-    if completion > 1:
-        metrics.tpot_seconds.labels(name).observe((now - first_token_at) / (completion - 1))
+    metrics: Metrics = state.metrics
+    backend = call.backend
+    outcome = _outcome(call, usage, finish, error)
+    metrics.request_seconds.labels(backend.name, call.route).observe(outcome.latency_s)
+    metrics.record_usage(backend.name, usage)
+    tpot = None
+    if outcome.completion_tokens > 1:
+        since = call.first_token_at or call.started
+        tpot = (time.perf_counter() - since) / (outcome.completion_tokens - 1)
+        metrics.tpot_seconds.labels(backend.name).observe(tpot)
+    if outcome.ttft_s is not None:
+        metrics.ttft_seconds.labels(backend.name).observe(outcome.ttft_s)
+    if error is None:
+        backend.stats.observe(outcome.ttft_s, tpot)
+    if call.plan.experiment:
+        state.experiments.record(outcome)

@@ -69,6 +69,109 @@ class Metrics:
             registry=r,
         )
 
+        self.routing_decisions = Counter(
+            "leanserve_routing_decisions",
+            "Requests routed, by policy, chosen variant and reason.",
+            ["policy", "variant", "reason"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "leanserve_fallbacks",
+            "Variants skipped after failing before the first token.",
+            ["variant", "reason"],
+            registry=r,
+        )
+        self.build_progress = Gauge(
+            "leanserve_build_progress_ratio",
+            "Progress of the variant's compress job, 0 to 1.",
+            ["variant"],
+            registry=r,
+        )
+        self.build_failures = Counter(
+            "leanserve_build_failures", "Compress jobs that failed.", ["variant"], registry=r
+        )
+        self.variant_info = Gauge(
+            "leanserve_variant_info",
+            "Served variants (value 1) and their recipe.",
+            ["variant", "recipe", "method"],
+            registry=r,
+        )
+        self.variant_quality = Gauge(
+            "leanserve_variant_quality",
+            "Measured quality from the variant's card.",
+            ["variant", "metric"],
+            registry=r,
+        )
+        self.variant_size = Gauge(
+            "leanserve_variant_size_bytes", "Checkpoint size on disk.", ["variant"], registry=r
+        )
+        self.experiment_assignments = Counter(
+            "leanserve_experiment_assignments",
+            "Requests assigned to an experiment arm.",
+            ["experiment", "arm"],
+            registry=r,
+        )
+        self.experiment_outcomes = Counter(
+            "leanserve_experiment_outcomes",
+            "Finished experiment requests by arm and status.",
+            ["experiment", "arm", "status"],
+            registry=r,
+        )
+        self.experiment_latency = Gauge(
+            "leanserve_experiment_latency_seconds",
+            "Per-arm latency from the last report.",
+            ["experiment", "arm", "stat"],
+            registry=r,
+        )
+        self.experiment_feedback = Gauge(
+            "leanserve_experiment_feedback_mean",
+            "Per-arm mean feedback from the last report.",
+            ["experiment", "arm"],
+            registry=r,
+        )
+        self.experiment_p_value = Gauge(
+            "leanserve_experiment_p_value",
+            "p-value of an arm against the control, last report.",
+            ["experiment", "arm", "metric"],
+            registry=r,
+        )
+
+    def add_build(self, variant: str) -> None:
+        self.build_progress.labels(variant).set(0)
+        self.build_failures.labels(variant)
+
+    def set_card(self, variant: str, recipe: str, card: dict | None) -> None:
+        method = recipe.split("-")[0].split("+")[0]
+        self.variant_info.labels(variant, recipe, method).set(1)
+        card = card or {}
+        for metric in ("top1_agreement", "perplexity", "kl_to_base", "last_word_accuracy"):
+            value = (card.get("quality") or {}).get(metric)
+            if isinstance(value, int | float):
+                self.variant_quality.labels(variant, metric).set(value)
+        size = (card.get("size") or {}).get("bytes")
+        if isinstance(size, int | float):
+            self.variant_size.labels(variant).set(size)
+
+    def add_experiment(self, experiment: str, arms: list[str]) -> None:
+        for arm in arms:
+            self.experiment_assignments.labels(experiment, arm)
+            for status in ("ok", "error"):
+                self.experiment_outcomes.labels(experiment, arm, status)
+
+    def publish_report(self, report: dict) -> None:
+        name = report["experiment"]
+        for arm, figures in report["arms"].items():
+            for stat in ("mean", "p50", "p95"):
+                value = figures["latency_s"][stat]["estimate"]
+                if value is not None:
+                    self.experiment_latency.labels(name, arm, stat).set(value)
+            feedback = figures["feedback"]["mean"]["estimate"]
+            if feedback is not None:
+                self.experiment_feedback.labels(name, arm).set(feedback)
+            for metric, test in (figures.get("vs_control") or {}).items():
+                if test.get("p_value") is not None:
+                    self.experiment_p_value.labels(name, arm, metric).set(test["p_value"])
+
     def add_variant(self, variant: str, routes: tuple[str, ...] = ("chat", "completions")) -> None:
         """Pre-create a variant's series so dashboards show zeros, not gaps."""
         for route in routes:

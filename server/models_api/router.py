@@ -1,4 +1,8 @@
-"""GET /v1/models: the names a client can put in `model`."""
+"""GET /v1/models: the names a client can put in `model`.
+
+The base name is routed by the default policy; "<base>:<variant>" names pin a variant. Each
+entry carries a summary of the variant's card.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +10,57 @@ import time
 
 from fastapi import APIRouter
 
+from server.auth import ApiKey
+from server.routing.service import quality_of, speedup_of
 from server.state import State
 
-router = APIRouter(prefix="/v1", tags=["models"])
+router = APIRouter(prefix="/v1", tags=["models"], dependencies=[ApiKey])
 _CREATED = int(time.time())
+
+
+def _summary(card: dict | None) -> dict | None:
+    if not card:
+        return None
+    quality, size = card.get("quality") or {}, card.get("size") or {}
+    return {
+        "recipe": (card.get("recipe") or {}).get("name"),
+        "perplexity": quality.get("perplexity"),
+        "perplexity_change": quality.get("perplexity_change"),
+        "kl_to_base": quality.get("kl_to_base"),
+        "top1_agreement": quality.get("top1_agreement"),
+        "size_bytes": size.get("bytes"),
+        "size_ratio": size.get("size_ratio"),
+        "speedup_32": (card.get("speed") or {}).get("speedup_32"),
+    }
 
 
 @router.get("/models")
 async def list_models(state: State) -> dict:
+    registry = state.registry
     data = [
         {
-            "id": backend.name,
+            "id": registry.base_name,
             "object": "model",
             "created": _CREATED,
             "owned_by": "leanserve",
-            "ready": backend.ready,
-            "state": str(backend.engine.state),
-            "card": backend.card,
+            "routing": f"routed by the {state.settings.routing.default_policy} policy",
         }
-        for backend in state.registry.backends.values()
     ]
+    for backend in registry.backends.values():
+        if backend.variant is None and backend.name == registry.base_name:
+            continue
+        if not backend.ready:
+            continue
+        data.append(
+            {
+                "id": backend.name,
+                "object": "model",
+                "created": _CREATED,
+                "owned_by": "leanserve",
+                "routing": "pinned",
+                "quality": quality_of(backend),
+                "speedup": speedup_of(backend),
+                "card": _summary(backend.card),
+            }
+        )
     return {"object": "list", "data": data}

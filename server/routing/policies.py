@@ -39,7 +39,8 @@ class RoutingGoals:
 @dataclass(frozen=True)
 class Decision:
     ranked: list[str]
-    reason: str
+    reason: str  # for people: the X-Leanserve-Route-Reason header
+    code: str = ""  # for metrics: a bounded label value
 
 
 Policy = Callable[[list[BackendState], RoutingGoals], Decision]
@@ -51,7 +52,9 @@ def _names(states: list[BackendState]) -> list[str]:
 
 def quality(states: list[BackendState], goals: RoutingGoals) -> Decision:
     ranked = sorted(states, key=lambda s: (-s.quality, s.cost_per_mtok))
-    return Decision(_names(ranked), f"quality: best quality {ranked[0].quality:.3f}")
+    return Decision(
+        _names(ranked), f"quality: best quality {ranked[0].quality:.3f}", "best_quality"
+    )
 
 
 def cost(states: list[BackendState], goals: RoutingGoals) -> Decision:
@@ -61,13 +64,16 @@ def cost(states: list[BackendState], goals: RoutingGoals) -> Decision:
     rest = sorted((s for s in states if s.quality < goals.quality_floor), key=lambda s: -s.quality)
     if not good:
         return Decision(
-            _names(rest), f"cost: none at quality floor {goals.quality_floor}; best quality"
+            _names(rest),
+            f"cost: none at quality floor {goals.quality_floor}; best quality",
+            "below_floor",
         )
     first = good[0]
     return Decision(
         _names(good + rest),
         f"cost: cheapest at quality >= {goals.quality_floor} "
         f"(${first.cost_per_mtok:.4f}/Mtok, quality {first.quality:.3f})",
+        "cheapest_at_floor",
     )
 
 
@@ -82,6 +88,7 @@ def latency(states: list[BackendState], goals: RoutingGoals) -> Decision:
         _names(ranked),
         f"latency: lowest predicted latency (ttft {first.ttft_s * 1000:.0f} ms, "
         f"tpot {first.tpot_s * 1000:.1f} ms)",
+        "lowest_latency",
     )
 
 
@@ -99,8 +106,9 @@ def slo(states: list[BackendState], goals: RoutingGoals) -> Decision:
             _names(good + fastest),
             f"slo: cheapest meeting ttft <= {goals.slo_ttft_s} s, tpot <= {goals.slo_tpot_s} s "
             f"at quality >= {goals.quality_floor}",
+            "meets_slo",
         )
-    return Decision(_names(fastest), "slo: none meets the SLO; fastest predicted")
+    return Decision(_names(fastest), "slo: none meets the SLO; fastest predicted", "slo_fastest")
 
 
 POLICIES: dict[PolicyName, Policy] = {

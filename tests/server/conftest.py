@@ -21,7 +21,12 @@ def home() -> Path:
 @pytest.fixture(scope="session")
 def gateway(home: Path, tmp_path_factory) -> Gateway:
     """The real gateway with the real default model on a real vLLM engine, for the session."""
-    gw = start_gateway(home, tmp_path_factory.mktemp("gateway") / "gateway.log")
+    # No variants here: these tests are about the gateway and the base engine.
+    gw = start_gateway(
+        home,
+        tmp_path_factory.mktemp("gateway") / "gateway.log",
+        extra_env={"LEANSERVE_VARIANTS": "[]"},
+    )
     try:
         gw.wait_ready()
         yield gw

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.slow
 
 def test_sigterm_drains_and_leaves_no_orphans(home, tmp_path, base_model):
     gw = start_gateway(
-        home, tmp_path / "gateway.log", extra_env={"LEANSERVE_DRAIN_TIMEOUT_S": "60"}
+        home,
+        tmp_path / "gateway.log",
+        extra_env={"LEANSERVE_DRAIN_TIMEOUT_S": "60", "LEANSERVE_VARIANTS": "[]"},
     )
     try:
         gw.wait_ready()

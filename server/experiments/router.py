@@ -1,0 +1,100 @@
+"""/v1/experiments (admin writes), /v1/experiments/{name}/report, and /v1/feedback."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from server.api_docs import ERROR_RESPONSES
+from server.auth import Admin, ApiKey
+from server.errors import APIError
+from server.settings import ExperimentSettings
+from server.state import State
+
+router = APIRouter(prefix="/v1", tags=["experiments"], responses=ERROR_RESPONSES)
+
+
+class Feedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(
+        min_length=1, max_length=64, description="From the X-Request-Id header."
+    )
+    score: float
+
+    @field_validator("score")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("score must be a finite number")
+        return value
+
+
+def _view(e: ExperimentSettings) -> dict:
+    return e.model_dump()
+
+
+@router.get("/experiments", dependencies=[ApiKey])
+async def list_experiments(state: State) -> dict:
+    return {"data": [_view(e) for e in state.experiments.experiments.values()]}
+
+
+@router.post("/experiments", dependencies=[Admin], status_code=201)
+async def create_experiment(experiment: ExperimentSettings, state: State) -> dict:
+    unknown = [a.variant for a in experiment.arms if a.variant not in state.variants.known_names()]
+    if unknown:
+        raise APIError(
+            400,
+            f"Arms name unknown variants: {unknown}.",
+            "invalid_request_error",
+            "arms",
+            "unknown_variant",
+        )
+    state.experiments.create(experiment)
+    state.metrics.add_experiment(experiment.name, [a.variant for a in experiment.arms])
+    return _view(experiment)
+
+
+@router.get("/experiments/{name}", dependencies=[ApiKey])
+async def get_experiment(name: str, state: State) -> dict:
+    return _view(state.experiments.get(name))
+
+
+@router.post("/experiments/{name}/{action}", dependencies=[Admin])
+async def change_experiment(name: str, action: str, state: State) -> dict:
+    states = {"pause": "paused", "resume": "running", "stop": "stopped"}
+    if action not in states:
+        raise APIError(
+            404,
+            f"Unknown action '{action}': use pause, resume or stop.",
+            "invalid_request_error",
+            "action",
+            "not_found",
+        )
+    return _view(state.experiments.set_state(name, states[action]))
+
+
+@router.get("/experiments/{name}/report", dependencies=[ApiKey])
+async def experiment_report(name: str, state: State) -> dict:
+    report = await state.experiments.report(name)
+    state.metrics.publish_report(report)
+    return report
+
+
+@router.post("/feedback", dependencies=[ApiKey])
+async def feedback(body: Feedback, state: State) -> dict:
+    store = state.experiments.store
+    await store.flush(timeout_s=5)
+    found = await asyncio.to_thread(store.set_feedback, body.request_id, body.score)
+    if not found:
+        raise APIError(
+            404,
+            f"No request '{body.request_id}' was recorded in an experiment.",
+            "invalid_request_error",
+            "request_id",
+            "not_found",
+        )
+    return {"request_id": body.request_id, "score": body.score}

@@ -1,0 +1,149 @@
+"""Experiment outcomes and feedback in a SQL database: SQLite by default, any SQLAlchemy URL
+(PostgreSQL for several gateways) by configuration.
+
+Writes go through a small queue drained by one background task, so a slow or locked database
+delays the records, never the responses; a write that fails is retried with backoff, and the
+queue is bounded so a database that stays down costs memory only up to a limit (then the oldest
+records are dropped, counted and logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import asdict
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+log = logging.getLogger("leanserve.experiments")
+
+metadata = MetaData()
+outcomes = Table(
+    "outcomes",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("experiment", String(64), index=True, nullable=False),
+    Column("arm", String(200), nullable=False),
+    Column("variant", String(200), nullable=False),
+    Column("user_hash", String(64)),
+    Column("latency_s", Float),
+    Column("ttft_s", Float),
+    Column("prompt_tokens", Integer),
+    Column("completion_tokens", Integer),
+    Column("finish_reason", String(32)),
+    Column("error", String(64)),
+    Column("feedback", Float),
+    Column("created_at", Float, nullable=False),
+)
+
+
+class OutcomeStore:
+    def __init__(self, url: str, max_pending: int = 100_000):
+        connect_args = {"timeout": 5} if url.startswith("sqlite") else {}
+        self.engine = create_engine(url, connect_args=connect_args)
+        metadata.create_all(self.engine)
+        self.pending: deque[dict] = deque(maxlen=max_pending)
+        self.dropped = 0
+        self.write_failures = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._drain(), name="outcome-writer")
+
+    async def stop(self) -> None:
+        await self.flush(timeout_s=5)
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.engine.dispose()
+
+    def add(self, row: dict) -> None:
+        if len(self.pending) == self.pending.maxlen:
+            self.dropped += 1
+            log.error("outcome queue full: dropping the oldest record (%d so far)", self.dropped)
+        self.pending.append({**row, "created_at": time.time()})
+        self._wake.set()
+
+    async def flush(self, timeout_s: float = 30) -> bool:
+        """Wait until every queued record is written; False if that did not happen in time."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending and time.monotonic() < deadline:
+            self._wake.set()
+            await asyncio.sleep(0.02)
+        return not self.pending
+
+    async def _drain(self) -> None:
+        backoff = 0.1
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.pending:
+                batch = list(self.pending)[:500]
+                try:
+                    await asyncio.to_thread(self._insert, batch)
+                except SQLAlchemyError as exc:
+                    self.write_failures += 1
+                    log.warning("writing %d outcomes failed (%s); retrying", len(batch), exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.1
+                for _ in batch:
+                    self.pending.popleft()
+
+    def _insert(self, rows: list[dict]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(outcomes).prefix_with("OR IGNORE", dialect="sqlite"), rows)
+
+    def set_feedback(self, request_id: str, score: float) -> bool:
+        """Attach a score to a recorded request; False when no such request was recorded."""
+        for attempt in range(5):
+            try:
+                with self.engine.begin() as conn:
+                    result = conn.execute(
+                        update(outcomes)
+                        .where(outcomes.c.request_id == request_id)
+                        .values(feedback=score)
+                    )
+                return result.rowcount > 0
+            except OperationalError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.1 * 2**attempt)
+        return False
+
+    def rows(self, experiment: str) -> list[dict]:
+        with self.engine.connect() as conn:
+            result = conn.execute(select(outcomes).where(outcomes.c.experiment == experiment))
+            return [dict(r._mapping) for r in result]
+
+
+def outcome_row(outcome) -> dict:
+    row = asdict(outcome)
+    user = row.pop("user")
+    row["user_hash"] = _hash_user(user) if user else None
+    return row
+
+
+def _hash_user(user: str) -> str:
+    import hashlib
+
+    # User ids are personal data: keep only a hash, enough to count distinct users.
+    return hashlib.sha256(user.encode()).hexdigest()[:32]

@@ -1,0 +1,164 @@
+"""Turn a request's model name (and policy, and user) into an ordered list of backends.
+
+`<base>` is routed: by a running experiment's sticky arm, else by the policy named in the
+request (header X-Leanserve-Policy or body field leanserve_policy), else the default policy.
+`<base>:<variant>` is pinned. Quality and cost come from the variants' cards, latency from live
+measurements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from server.backends.registry import Backend, Registry
+from server.errors import APIError, bad_request
+from server.routing.policies import POLICIES, BackendState, PolicyName, RoutingGoals
+from server.settings import Settings
+
+# Before a variant has served anything, predict from its card; before any card, from these.
+DEFAULT_TTFT_S = 0.2
+DEFAULT_TPOT_S = 0.05
+
+
+@dataclass
+class RoutePlan:
+    candidates: list[Backend]
+    policy: str
+    reason: str
+    code: str
+    experiment: str | None = None
+    arm: str | None = None
+    skipped: list[str] = field(default_factory=list)
+
+
+def quality_of(backend: Backend) -> float:
+    """Top-1 agreement with the base on held-out text; the base itself is 1.0."""
+    if backend.variant is None:
+        return 1.0
+    q = (backend.card or {}).get("quality", {})
+    value = q.get("top1_agreement")
+    return float(value) if value is not None else 0.0
+
+
+def speedup_of(backend: Backend) -> float:
+    """Throughput relative to the base at 32 streams, measured in the same run."""
+    if backend.variant is None:
+        return 1.0
+    card = backend.card or {}
+    measured = (card.get("speed") or {}).get("speedup_32")
+    if measured:
+        return float(measured)
+    size_ratio = (card.get("size") or {}).get("size_ratio")
+    # Unmeasured: decoding is memory-bound, so bytes read per token are the best proxy.
+    return 1.0 / float(size_ratio) if size_ratio else 1.0
+
+
+def base_tokens_per_s(registry: Registry) -> float | None:
+    for backend in registry.backends.values():
+        speed = (backend.card or {}).get("speed") or {}
+        tps = ((speed.get("base") or {}).get("streams_32") or {}).get("tokens_per_s")
+        if tps:
+            return float(tps)
+    return None
+
+
+def prior_latency(backend: Backend) -> tuple[float, float]:
+    speed = (backend.card or {}).get("speed") or {}
+    one = (speed.get("variant") or {}).get("streams_1") or {}
+    ttft = one.get("ttft_s_mean") or DEFAULT_TTFT_S
+    tps = one.get("tokens_per_s")
+    return float(ttft), (1.0 / float(tps) if tps else DEFAULT_TPOT_S)
+
+
+def backend_state(backend: Backend, settings: Settings, base_tps: float | None) -> BackendState:
+    usd_per_mtok_base = settings.cost.machine_usd_per_hour / ((base_tps or 1.0) * 3600) * 1e6
+    prior_ttft, prior_tpot = prior_latency(backend)
+    ttft, tpot = backend.stats.predict(
+        backend.in_flight, prior_ttft, prior_tpot, settings.routing.engine_slots
+    )
+    return BackendState(
+        name=backend.name,
+        quality=quality_of(backend),
+        cost_per_mtok=usd_per_mtok_base / speedup_of(backend),
+        ttft_s=ttft,
+        tpot_s=tpot,
+    )
+
+
+def usable(backend: Backend, settings: Settings) -> str | None:
+    """Why a backend cannot take a request now, or None when it can."""
+    if not backend.accepting:
+        return "retiring"
+    if not backend.ready:
+        return str(backend.engine.state)
+    if not backend.breaker.allows():
+        return "breaker open"
+    if backend.in_flight >= settings.routing.max_in_flight:
+        return "overloaded"
+    return None
+
+
+def parse_policy(raw: str | None) -> PolicyName | None:
+    if raw is None:
+        return None
+    try:
+        return PolicyName(raw.strip().lower())
+    except ValueError:
+        names = ", ".join(p.value for p in PolicyName)
+        raise bad_request(
+            f"Unknown routing policy {raw!r}; use one of {names}.", "leanserve_policy"
+        ) from None
+
+
+def plan(
+    model: str,
+    policy: PolicyName | None,
+    settings: Settings,
+    registry: Registry,
+    arm: tuple[str, str] | None = None,
+) -> RoutePlan:
+    """`arm` is (experiment, variant) when the request takes part in an experiment."""
+    if model != registry.base_name:
+        backend = registry.get(model)
+        return RoutePlan([backend], "pinned", f"pinned: {backend.name}", "pinned")
+    if policy == PolicyName.PINNED:
+        return RoutePlan([registry.get(model)], "pinned", f"pinned: {model}", "pinned")
+    skipped = []
+    states = []
+    base_tps = base_tokens_per_s(registry)
+    for backend in registry.backends.values():
+        why = usable(backend, settings)
+        if why is None:
+            states.append(backend_state(backend, settings, base_tps))
+        else:
+            skipped.append(f"{backend.name} ({why})")
+    if not states:
+        raise APIError(
+            503,
+            f"No variant of '{model}' can take a request now: {', '.join(skipped)}.",
+            "service_unavailable",
+            None,
+            "no_variant_available",
+            {"Retry-After": "5"},
+        )
+    goals = RoutingGoals(
+        settings.routing.quality_floor, settings.routing.slo.ttft_s, settings.routing.slo.tpot_s
+    )
+    name = policy or PolicyName(settings.routing.default_policy)
+    decision = POLICIES[name](states, goals)
+    ranked = [registry.backends[n] for n in decision.ranked]
+    if arm is not None:
+        experiment, variant = arm
+        chosen = registry.backends.get(variant)
+        if chosen is not None and chosen in ranked:
+            rest = [b for b in ranked if b is not chosen]
+            return RoutePlan(
+                [chosen, *rest],
+                "experiment",
+                f"experiment {experiment}: arm {variant}",
+                "experiment",
+                experiment,
+                variant,
+                skipped,
+            )
+    return RoutePlan(ranked, name.value, decision.reason, decision.code, skipped=skipped)

@@ -1,0 +1,273 @@
+"""Variants on the fly: build each declared variant with a compress job, then serve it.
+
+Jobs run one at a time (a queue): on a CPU machine two builds would only slow each other and
+the engines. A job is `python -m compress build ... --progress-json` in the compress
+environment; its JSON lines feed the state, percent and time left shown by GET /v1/variants.
+When a job is done, the variant's vLLM engine starts and the router takes it in. A restart asks
+compress again, which finds the variant in the store and answers at once: nothing is rebuilt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.backends.engine_process import EngineConfig, EngineProcess
+from server.backends.registry import Backend, Registry, engine_client
+from server.errors import APIError
+from server.metrics.registry import Metrics
+from server.settings import Settings
+
+log = logging.getLogger("leanserve.variants")
+
+# Recipe names as the compress package names them (w8a8, prune-0.25+distill, sparse-2:4 ...).
+# Nothing else is accepted from the API: no paths, so no way out of the store.
+RECIPE_NAME = re.compile(r"^[a-z0-9][a-z0-9.:_-]*(\+[a-z0-9][a-z0-9.:_-]*)*$")
+
+
+@dataclass
+class Variant:
+    id: str  # the recipe name; the public model name is "<base>:<id>"
+    name: str
+    recipe: str
+    state: str = "queued"  # queued, building, built, failed, retiring
+    percent: float = 0.0
+    stage: str | None = None
+    eta_s: float | None = None
+    error: str | None = None
+    reused: bool = False  # found complete in the store: nothing was built
+    path: str | None = None
+    card: dict | None = None
+    queued_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+def variant_id(recipe: str) -> str:
+    """A recipe file's variant is named after the file; a recipe name is its own id."""
+    return Path(recipe).stem if recipe.endswith((".yaml", ".yml")) else recipe
+
+
+class VariantManager:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        metrics: Metrics,
+        base_model: Callable[[], Awaitable[str]],
+        cpu_core: Callable[[int], str | None] = lambda index: None,
+    ):
+        self.settings = settings
+        self.registry = registry
+        self.metrics = metrics
+        self.base_model = base_model  # the prepared base checkpoint's path
+        self.cpu_core = cpu_core
+        self.variants: dict[str, Variant] = {}
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._worker: asyncio.Task | None = None
+        self._job: asyncio.subprocess.Process | None = None
+
+    # -- API -----------------------------------------------------------------------------------
+    def request(self, recipe: str, from_config: bool = False) -> Variant:
+        if not from_config and not RECIPE_NAME.match(recipe):
+            raise APIError(
+                400,
+                f"Invalid recipe name {recipe!r}: use a recipe name such as w8a8 or "
+                "prune-0.25+distill (see `leanserve compress list-recipes`).",
+                "invalid_request_error",
+                "recipe",
+                "invalid_recipe",
+            )
+        vid = variant_id(recipe)
+        existing = self.variants.get(vid)
+        if existing and existing.state != "failed":
+            return existing
+        variant = Variant(vid, f"{self.registry.base_name}:{vid}", recipe)
+        self.variants[vid] = variant
+        self.metrics.add_build(variant.name)
+        self._queue.put_nowait(vid)
+        return variant
+
+    def get(self, vid: str) -> Variant:
+        if vid not in self.variants:
+            raise APIError(404, f"No variant '{vid}'.", "invalid_request_error", "id", "not_found")
+        return self.variants[vid]
+
+    def known_names(self) -> set[str]:
+        return {
+            self.registry.base_name,
+            *self.registry.backends,
+            *(v.name for v in self.variants.values()),
+        }
+
+    def view(self, variant: Variant) -> dict:
+        backend = self.registry.backends.get(variant.name)
+        state = variant.state
+        if state == "built" and backend is not None:
+            state = "ready" if backend.ready else f"engine {backend.engine.state}"
+        return {
+            "id": variant.id,
+            "model": variant.name,
+            "recipe": variant.recipe,
+            "state": state,
+            "percent": round(variant.percent, 1),
+            "stage": variant.stage,
+            "eta_s": None if variant.eta_s is None else round(variant.eta_s),
+            "error": variant.error,
+            "reused": variant.reused,
+            "path": variant.path,
+            "card": variant.card,
+        }
+
+    async def retire(self, vid: str, drain_s: float = 60.0) -> Variant:
+        """Stop routing to the variant, let its in-flight requests finish, stop its engine."""
+        variant = self.get(vid)
+        if variant.state in ("queued", "building"):
+            if variant.state == "building" and self._job and self._job.returncode is None:
+                self._job.terminate()  # compress removes its temporary folder on SIGTERM
+            variant.state, variant.error = "failed", "retired before it was built"
+            self.variants.pop(vid, None)
+            return variant
+        variant.state = "retiring"
+        backend = self.registry.backends.get(variant.name)
+        if backend is not None:
+            backend.accepting = False
+            deadline = time.monotonic() + drain_s
+            while backend.in_flight > 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            self.registry.remove(variant.name)
+            await backend.engine.stop()
+            await backend.client.aclose()
+        self.variants.pop(vid, None)
+        return variant
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        for recipe in self.settings.variants:
+            self.request(recipe, from_config=True)
+        self._worker = asyncio.create_task(self._work(), name="variant-builder")
+
+    async def stop(self) -> None:
+        if self._job and self._job.returncode is None:
+            self._job.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._job.wait(), 10)
+        if self._worker:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+
+    async def _work(self) -> None:
+        while True:
+            vid = await self._queue.get()
+            variant = self.variants.get(vid)
+            if variant is None or variant.state != "queued":
+                continue
+            try:
+                await self._build(variant)
+            except Exception as exc:  # one bad build must not stop the queue
+                log.exception("building %s failed", variant.name)
+                variant.state, variant.error = "failed", str(exc)
+            if variant.state == "failed":
+                self.metrics.build_failures.labels(variant.name).inc()
+                continue
+            await self._serve(variant)
+
+    async def _build(self, variant: Variant) -> None:
+        base = await self.base_model()
+        variant.state, variant.started_at = "building", time.time()
+        store = self.settings.home / "variants"
+        cmd = [
+            self.settings.compress_python, "-m", "compress", "build",
+            "--base", base, "--recipe", variant.recipe, "--store", str(store),
+            "--progress-json", "--no-bars", *self.settings.build_args,
+        ]  # fmt: skip
+        log_path = self.settings.home / "logs" / f"build-{variant.id.replace(':', '_')}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as stderr:
+            self._job = await asyncio.create_subprocess_exec(
+                *cmd,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+            last_error = None
+            async for line in self._job.stdout:
+                event = _parse(line)
+                if event is None:
+                    continue
+                kind = event.get("event")
+                if kind == "progress":
+                    self._progress(variant, event)
+                elif kind == "stage":
+                    variant.stage = event.get("stage")
+                elif kind == "done":
+                    variant.path, variant.card = event["path"], event.get("card")
+                    variant.reused = bool(event.get("skipped"))
+                elif kind == "error":
+                    last_error = event.get("message")
+            code = await self._job.wait()
+        variant.finished_at = time.time()
+        if code == 0 and variant.path:
+            variant.state, variant.percent, variant.eta_s = "built", 100.0, 0.0
+            log.info("variant %s built at %s", variant.name, variant.path)
+        else:
+            variant.state = "failed"
+            variant.error = last_error or f"compress exited with code {code}; see {log_path}"
+            log.error("variant %s failed: %s", variant.name, variant.error)
+        self.metrics.build_progress.labels(variant.name).set(variant.percent / 100)
+
+    def _progress(self, variant: Variant, event: dict) -> None:
+        variant.stage = event.get("stage") or variant.stage
+        overall = float(event.get("overall_percent") or event.get("percent") or 0.0)
+        variant.percent = max(variant.percent, min(overall, 99.9))
+        if variant.started_at and variant.percent > 0:
+            elapsed = time.time() - variant.started_at
+            variant.eta_s = elapsed * (100 - variant.percent) / variant.percent
+        self.metrics.build_progress.labels(variant.name).set(variant.percent / 100)
+
+    async def _serve(self, variant: Variant) -> None:
+        engine = self.settings.engine
+        config = EngineConfig(
+            name=variant.name,
+            model=variant.path,
+            python=engine.python,
+            host=engine.host,
+            kv_cache_gib=engine.kv_cache_gib,
+            gpu_memory_utilization=engine.gpu_memory_utilization,
+            max_model_len=engine.max_model_len,
+            enforce_eager=engine.enforce_eager,
+            extra_args=engine.extra_args,
+            log_path=self.settings.home / "logs" / f"engine-{variant.id.replace(':', '_')}.log",
+            start_timeout_s=engine.start_timeout_s,
+            cpu_bind=self.cpu_core(len(self.registry.backends)),
+        )
+        process = EngineProcess(config)
+        backend = Backend(
+            variant.name,
+            process,
+            engine_client(process.url, self.settings.request_timeout_s),
+            card=variant.card,
+            variant=variant.id,
+        )
+        backend.breaker.failures = self.settings.routing.breaker_failures
+        backend.breaker.cooldown_s = self.settings.routing.breaker_cooldown_s
+        self.metrics.add_variant(variant.name)
+        self.metrics.set_card(variant.name, variant.recipe, variant.card)
+        self.registry.add(backend)  # not routed to until its engine is ready
+        await process.start()
+
+
+def _parse(line: bytes) -> dict | None:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None

