@@ -116,7 +116,9 @@ RUN python3 -m pip install --no-cache-dir -e '.[dev]' 'gguf>=0.10' 'accelerate>=
 # hadolint ignore=DL3006
 FROM engine-${TARGET} AS engine
 ARG TARGET
-ENV LEANSERVE_FLAVOUR=${TARGET}
+LABEL org.opencontainers.image.title="leanserve" \
+      org.opencontainers.image.description="leanserve gateway and vLLM (${TARGET})" \
+      org.opencontainers.image.licenses="Apache-2.0"
 WORKDIR /home/leanserve
 # The model store: base checkpoints, variants and their cards, logs. Keep it across containers.
 VOLUME ["/data"]
@@ -127,8 +129,10 @@ EXPOSE 8000
 # image has no curl.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
+# Without a config file: the default model on 0.0.0.0:8000 (home = $LEANSERVE_HOME = /data).
+# Compose and Helm pass `serve --config /etc/leanserve/config.yaml`.
 ENTRYPOINT ["leanserve"]
-CMD ["serve", "--config", "/etc/leanserve/config.yaml"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]
 
 # ---------------------------------------------------------------------------------------------
 # compress: the image of compress Jobs (`python -m compress build ...`). No HTTP port, so no

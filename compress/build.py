@@ -40,6 +40,9 @@ class BuildOptions:
     eval_windows: int = 48
     eval_passages: int = 100
     speed: bool = False
+    # Compare quality, size and speed against this model instead of --base (e.g. quantize a
+    # stored pruned+distilled variant and still judge it against the original model).
+    reference: Path | None = None
     vllm_python: str | None = None
     seed: int = 0
 
@@ -98,6 +101,8 @@ class Plan:
 
 def plan(options: BuildOptions) -> Plan:
     shape = checkpoint.model_shape(options.base)
+    if options.reference is not None:
+        checkpoint.model_shape(options.reference)
     recipe = load_recipe(options.recipe)
     recipe = with_budget(
         recipe, options.calibration_samples, options.distill_seconds, options.distill_tokens
@@ -115,7 +120,7 @@ def plan(options: BuildOptions) -> Plan:
         raise CompressError(f"store {options.store} exists and is not a directory")
     fp = checkpoint.fingerprint(options.base)
     digest = recipe.digest({"calibration": texts.file_digest(options.calibration_file)})
-    variant = f"{checkpoint.base_name(options.base)}-{recipe.tag()}"
+    variant = f"{_label(options.base)}-{recipe.tag()}"
     return Plan(options, recipe, fp, digest, variant, store.variant_dir(options.store, fp, digest))
 
 
@@ -202,7 +207,9 @@ def run(p: Plan, progress: Progress) -> tuple[dict, bool]:
         from compress import evaluate
 
         variant_model = checkpoint.load_model(tmp, "float32")
-        base_model = ctx.load_base()
+        ref = options.reference or options.base
+        base_model = checkpoint.load_model(ref, "float32")
+        ref_params = checkpoint.count_parameters(base_model)
         quality = evaluate.evaluate(
             variant_model,
             base_model,
@@ -226,19 +233,25 @@ def run(p: Plan, progress: Progress) -> tuple[dict, bool]:
             progress.finish_stage()
             timings["speed"] = time.monotonic() - t
 
-        base_size = checkpoint.size_on_disk(options.base)
+        base_size = checkpoint.size_on_disk(ref)
         size = checkpoint.size_on_disk(tmp)
         q = quality.as_dict()
         q["perplexity_change"] = round(quality.perplexity / quality.base_perplexity - 1, 6)
         result = {
             "variant": p.variant,
             "created": card.now(),
+            # "base" is what every ratio and KL compares against; "built_from" the input.
             "base": {
-                "name": checkpoint.base_name(options.base),
+                "name": _label(ref),
+                "path": str(ref.resolve()),
+                "fingerprint": p.base_fingerprint if ref == options.base else _fp(ref),
+                "parameters": ref_params,
+                "size_bytes": base_size,
+            },
+            "built_from": {
                 "path": str(options.base.resolve()),
                 "fingerprint": p.base_fingerprint,
                 "parameters": base_params,
-                "size_bytes": base_size,
             },
             "recipe": {"name": p.recipe.name, "hash": p.recipe_hash, **p.recipe.spec()},
             "data": {
@@ -256,7 +269,7 @@ def run(p: Plan, progress: Progress) -> tuple[dict, bool]:
                 "bytes": size,
                 "parameters": params,
                 "size_ratio": round(size / base_size, 4),
-                "parameter_ratio": round(params / base_params, 4),
+                "parameter_ratio": round(params / ref_params, 4),
                 "weight_sparsity": sparsity,
             },
             "speed": speed_card,
@@ -268,7 +281,9 @@ def run(p: Plan, progress: Progress) -> tuple[dict, bool]:
         }
         (tmp / store.CARD).write_text(_dumps(result))
         store.write_base_info(
-            options.store, p.base_fingerprint, result["base"] | {"updated": card.now()}
+            options.store,
+            p.base_fingerprint,
+            {"name": _label(options.base), **result["built_from"], "updated": card.now()},
         )
     return result, False
 
@@ -277,6 +292,20 @@ def _dumps(obj: dict) -> str:
     import json
 
     return json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n"
+
+
+def _label(model_dir: Path) -> str:
+    """A stored variant is named by its card; any other checkpoint by its folder."""
+    card_path = model_dir / store.CARD
+    if card_path.is_file():
+        import json
+
+        return json.loads(card_path.read_text())["variant"]
+    return checkpoint.base_name(model_dir)
+
+
+def _fp(model_dir: Path) -> str:
+    return checkpoint.fingerprint(model_dir)
 
 
 def _patch_config(path: Path, values: dict) -> None:
@@ -331,7 +360,8 @@ def _measure_speed(options: BuildOptions, variant_dir: Path, name: str, progress
     version = vllm_version(python)
     logs = options.store / store.TMP / "logs"
     results = {}
-    for k, (label, path) in enumerate((("base", options.base), ("variant", variant_dir))):
+    ref = options.reference or options.base
+    for k, (label, path) in enumerate((("base", ref), ("variant", variant_dir))):
         progress.log(f"speed: starting vLLM for the {label}")
         try:
             results[label] = speed.measure(path, python, logs, label)

@@ -13,6 +13,7 @@ Fields (numbers are measured on this run, never assumed):
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.metadata
 import platform
@@ -23,10 +24,8 @@ LIBRARIES = ("llmcompressor", "compressed-tensors", "transformers", "torch", "vl
 def versions(vllm_version: str | None = None) -> dict:
     out = {"python": platform.python_version()}
     for lib in LIBRARIES:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[lib] = importlib.metadata.version(lib)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     if vllm_version:
         out["vllm (engine)"] = vllm_version
     return out

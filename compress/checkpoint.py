@@ -117,7 +117,7 @@ def count_parameters(model) -> int:
     """Logical parameter count: packed int4 weights count as their unpacked size."""
     total = 0
     seen = set()
-    for name, module in model.named_modules():
+    for _name, module in model.named_modules():
         for pname, param in module.named_parameters(recurse=False):
             if id(param) in seen:
                 continue

@@ -43,6 +43,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--eval-windows", type=int, default=48, help="512-token held-out windows")
     b.add_argument("--eval-passages", type=int, default=100, help="last-word task passages")
     b.add_argument("--speed", action="store_true", help="measure base and variant in vLLM")
+    b.add_argument("--reference", type=Path, help="compare against this model, not --base")
     b.add_argument("--vllm-python", default=default_vllm_python(), help="python of the vLLM venv")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--progress-json", action="store_true", help="JSON progress lines on stdout")
@@ -80,6 +81,7 @@ def build(args: argparse.Namespace) -> int:
                 eval_windows=args.eval_windows,
                 eval_passages=args.eval_passages,
                 speed=args.speed,
+                reference=args.reference,
                 vllm_python=args.vllm_python,
                 seed=args.seed,
             )

@@ -65,9 +65,9 @@ def layer_scores(model, windows: list[list[int]], n: int, progress=None) -> dict
             model(torch.tensor([window]), use_cache=False)
             for i in range(num):
                 bi_sum[i] += (1 - cosine(states[i], states[i + 1])).sum().double()
-            for l in range(num - n + 1):
-                cos = cosine(states[l], states[l + n]).clamp(-1, 1)
-                ang_sum[l] += (torch.arccos(cos) / math.pi).sum().double()
+            for start in range(num - n + 1):
+                cos = cosine(states[start], states[start + n]).clamp(-1, 1)
+                ang_sum[start] += (torch.arccos(cos) / math.pi).sum().double()
             tokens += len(window)
             if progress is not None:
                 progress.update(k + 1)

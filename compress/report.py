@@ -93,7 +93,9 @@ def plot(table: list[dict], path: Path) -> None:
     with_speed = [r for r in table if r["speedup_32"] is not None]
     panels = [("size vs base (lower is cheaper)", "size_ratio", False, table)]
     if with_speed:
-        panels.insert(0, ("throughput vs base, 32 streams (higher is better)", "speedup_32", True, with_speed))
+        panels.insert(
+            0, ("throughput vs base, 32 streams (higher is better)", "speedup_32", True, with_speed)
+        )
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5.5), squeeze=False)
     for ax, (xlabel, key, maximize, rs) in zip(axes[0], panels, strict=True):
         # The base is the point (1, 0): every variant is judged against it.

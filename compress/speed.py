@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -52,6 +53,17 @@ class Engine:
     name: str
     log_path: Path
 
+    def first_error(self) -> str:
+        """The root cause vLLM logged (its first RuntimeError/ValueError/... line)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        for line in text.splitlines():
+            if re.search(r"\b\w+Error: ", line) and "ulimit" not in line:
+                return line.split("] ", 1)[-1].strip()
+        return self.log_tail(3)
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -68,6 +80,8 @@ def start_engine(
     kv_cache_gib: int = 1,
 ) -> Engine:
     port = free_port()
+    config = json.loads((model_dir / "config.json").read_text())
+    max_model_len = min(max_model_len, int(config.get("max_position_embeddings", max_model_len)))
     cmd = [
         python, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_dir), "--served-model-name", name,
@@ -95,8 +109,8 @@ def wait_ready(engine: Engine, timeout_s: float = 300) -> float:
     while time.monotonic() - start < timeout_s:
         if engine.process.poll() is not None:
             raise CompressError(
-                f"vLLM exited with status {engine.process.returncode} while loading:\n"
-                + engine.log_tail()
+                f"vLLM exited with status {engine.process.returncode} while loading: "
+                f"{engine.first_error()}"
             )
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(engine.url + "/health", timeout=2).status_code == 200:
@@ -199,8 +213,11 @@ def measure(model_dir: Path, python: str, log_dir: Path, name: str, max_tokens: 
     log_dir.mkdir(parents=True, exist_ok=True)
     with running_engine(model_dir, python, log_dir / f"vllm-{name}.log", name) as engine:
         startup = time.monotonic()
-        sample = complete(engine, "The capital of France is", 8)
-        result = benchmark(engine, max_tokens)
+        try:
+            sample = complete(engine, "The capital of France is", 8)
+            result = benchmark(engine, max_tokens)
+        except httpx.HTTPError as exc:
+            raise CompressError(f"{exc}; engine says: {engine.first_error()}") from exc
         result["sample_completion"] = sample
         result["benchmark_s"] = round(time.monotonic() - startup, 1)
         return result

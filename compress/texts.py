@@ -65,7 +65,9 @@ def last_word_passages(text: str, count: int, min_words: int = 40) -> list[Passa
     Paragraphs that look like code or grammar (no sentence end, few letters) are skipped,
     so the task measures language modelling rather than guessing syntax.
     """
-    out = []
+    out: list[Passage] = []
+    if count <= 0:
+        return out
     for para in text.split("\n\n"):
         flat = " ".join(para.split())
         words = flat.split(" ")

@@ -19,8 +19,13 @@ ERROR_RESPONSES: dict = {
     for status, text in {
         400: "Invalid request",
         401: "Missing or wrong API key",
-        404: "Unknown model",
-        429: "Rate limited",
-        503: "Engine not ready; see Retry-After",
+        403: "The key may not do this",
+        404: "Unknown model, variant or experiment",
+        409: "Conflicts with the current state",
+        413: "Request body too large",
+        429: "Rate limited or overloaded; see Retry-After",
+        502: "The engine failed",
+        503: "No engine ready; see Retry-After",
+        504: "The engine did not answer in time",
     }.items()
 }

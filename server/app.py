@@ -19,7 +19,10 @@ from server.experiments.router import router as experiments_router
 from server.experiments.service import Experiments
 from server.health.router import router as health_router
 from server.inference.router import router as inference_router
+from server.limits import BodySizeLimit, RateLimiter
+from server.metrics.gpu import Nvml
 from server.metrics.registry import Metrics
+from server.metrics.resources import ResourceCollector
 from server.models_api.router import router as models_router
 from server.settings import Settings
 from server.state import AppState, Keys
@@ -76,6 +79,7 @@ def build_registry(settings: Settings) -> Registry:
             max_model_len=engine.max_model_len,
             enforce_eager=engine.enforce_eager,
             extra_args=engine.extra_args,
+            trust_remote_code=engine.trust_remote_code,
             log_path=settings.home / "logs" / f"engine-{base}.log",
             start_timeout_s=engine.start_timeout_s,
             cpu_bind=cpu_core(settings, 0),
@@ -110,7 +114,11 @@ def create_app(settings: Settings) -> FastAPI:
             settings, registry, metrics, base_path, lambda i: cpu_core(settings, i)
         )
         keys = Keys(api_keys(settings.auth), admin_key(settings.auth))
-        app.state.leanserve = AppState(settings, registry, metrics, experiments, variants, keys)
+        limiter = RateLimiter(settings.limits.requests_per_minute)
+        app.state.leanserve = AppState(
+            settings, registry, metrics, experiments, variants, keys, limiter
+        )
+        metrics.registry.register(ResourceCollector(registry, metrics, Nvml.open()))
         experiments.store.start()
         await registry.start()
         log.info("leanserve up; engines starting: %s", ", ".join(registry.backends))
@@ -127,6 +135,7 @@ def create_app(settings: Settings) -> FastAPI:
             await experiments.store.stop()
 
     app = FastAPI(title="leanserve", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
     errors.install(app)
     app.include_router(inference_router)
     app.include_router(models_router)

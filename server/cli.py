@@ -45,6 +45,49 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def engine(args: argparse.Namespace) -> int:
+    """Run one vLLM engine for the base or a variant (a Kubernetes engine pod's command).
+
+    A variant's folder is named by its recipe's hash, unknown in advance: wait until a compress
+    job has published a variant of that recipe in the store, then exec vLLM on it.
+    """
+    import json
+    import subprocess
+    import time
+
+    from server.backends.engine_process import EngineConfig
+    from server.basemodel import expected_name
+    from server.settings import load_settings
+    from server.variants.lookup import find_variant
+
+    settings = load_settings(args.config, home=args.home, model=args.model)
+    prepare = [settings.engine.python, "-m", "server.basemodel", settings.model]
+    prepared = subprocess.run(
+        [*prepare, "--home", str(settings.home)], check=True, capture_output=True, text=True
+    )
+    base_path = json.loads(prepared.stdout.strip().splitlines()[-1])["source"]
+    name, model = expected_name(settings.model), base_path
+    if args.recipe:
+        name = f"{name}:{args.recipe}"
+        store = settings.home / "variants"
+        deadline = time.monotonic() + args.wait_s
+        while (found := find_variant(store, args.recipe, base_path)) is None:
+            if time.monotonic() > deadline:
+                print(f"leanserve: no variant '{args.recipe}' in {store}", file=sys.stderr)
+                return 2
+            time.sleep(5)
+        model = str(found)
+    e = settings.engine
+    config = EngineConfig(
+        name=name, model=model, python=e.python, host=args.host, port=args.port,
+        kv_cache_gib=e.kv_cache_gib, gpu_memory_utilization=e.gpu_memory_utilization,
+        max_model_len=e.max_model_len, enforce_eager=e.enforce_eager, extra_args=e.extra_args,
+    )  # fmt: skip
+    command = config.command(args.port)
+    print("leanserve: exec", " ".join(command), file=sys.stderr, flush=True)
+    os.execve(command[0], command, config.environment())
+
+
 def compress(argv: list[str]) -> int:
     python = os.environ.get("LEANSERVE_COMPRESS_PYTHON", ".venv-compress/bin/python")
     if not Path(python).exists():
@@ -72,10 +115,20 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("action", choices=["prepare"])
     m.add_argument("model", nargs="?", default="default")
     m.add_argument("--home", type=Path)
+    en = sub.add_parser("engine", help="run one vLLM engine for the base or a built variant")
+    en.add_argument("--recipe", help="serve the variant built from this recipe (default: base)")
+    en.add_argument("--config", type=Path)
+    en.add_argument("--model")
+    en.add_argument("--home", type=Path)
+    en.add_argument("--host", default="0.0.0.0")
+    en.add_argument("--port", type=int, default=8000)
+    en.add_argument("--wait-s", type=float, default=24 * 3600, help="how long to wait for a build")
     sub.add_parser("compress", help="build compressed variants (see `leanserve compress --help`)")
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "engine":
+        return engine(args)
     from server import basemodel
 
     home = ["--home", str(args.home)] if args.home else []

@@ -29,6 +29,9 @@ class EngineSettings(BaseModel):
     enforce_eager: bool = Field(default=True, description="Skip torch.compile: 3x faster start.")
     start_timeout_s: float = Field(default=300, gt=0)
     extra_args: list[str] = Field(default_factory=list, description="More vLLM CLI arguments.")
+    trust_remote_code: bool = Field(
+        default=False, description="Run model code shipped with a checkpoint. Off: only trust it."
+    )
     cpu_spread: bool = Field(
         default=True,
         description="On CPUs, pin each engine to its own core, round robin: left alone, every "
@@ -57,6 +60,11 @@ class RoutingSettings(BaseModel):
     max_attempts: int = Field(default=3, ge=1, description="Variants tried before a request fails.")
     max_in_flight: int = Field(default=256, ge=1, description="Per variant; beyond it, overloaded.")
     engine_slots: int = Field(default=32, ge=1, description="Requests an engine batches at once.")
+    shed_load: bool = Field(
+        default=False,
+        description="slo policy: when no variant is predicted to meet the SLO, answer 429 with "
+        "Retry-After at once instead of queueing on the fastest (admission control).",
+    )
     breaker_failures: int = Field(default=3, ge=1)
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
 
@@ -70,8 +78,15 @@ class CostSettings(BaseModel):
 class ArmSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    variant: str = Field(min_length=1)
+    name: str | None = Field(default=None, description="Defaults to the variant; set it for A/A.")
+    variant: str = Field(min_length=1, description="Public model name the arm is served by.")
     weight: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _default_name(self):
+        if self.name is None:
+            self.name = self.variant
+        return self
 
 
 class ExperimentSettings(BaseModel):
@@ -86,14 +101,25 @@ class ExperimentSettings(BaseModel):
 
     @model_validator(mode="after")
     def _control_is_an_arm(self):
-        variants = [a.variant for a in self.arms]
-        if len(set(variants)) != len(variants):
-            raise ValueError("arms must name distinct variants")
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError("arms must have distinct names (give A/A arms a name each)")
         if self.control is None:
-            self.control = variants[0]
-        elif self.control not in variants:
-            raise ValueError(f"control {self.control!r} is not one of the arms {variants}")
+            self.control = names[0]
+        elif self.control not in names:
+            raise ValueError(f"control {self.control!r} is not one of the arms {names}")
         return self
+
+
+class LimitsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Larger: 413.")
+    max_tokens: int | None = Field(default=None, ge=1, description="Cap on max_tokens asked for.")
+    requests_per_minute: int | None = Field(
+        default=None, ge=1, description="Per API key (per client address when keys are off): 429."
+    )
+    max_concurrent_streams: int | None = Field(default=None, ge=1, description="Beyond it: 429.")
 
 
 class AuthSettings(BaseModel):
@@ -105,6 +131,7 @@ class AuthSettings(BaseModel):
     api_keys_file: Path | None = Field(default=None, description="One key per line.")
     admin_key: str | None = None
     admin_key_file: Path | None = None
+    metrics_key: str | None = Field(default=None, description="When set, /metrics needs it too.")
 
 
 class Settings(BaseSettings):
@@ -137,6 +164,7 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL; default: SQLite file experiments.db in home."
     )
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     compress_python: str = Field(
         default=".venv-compress/bin/python", description="Python of the compress environment."
     )

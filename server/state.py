@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from server.backends.registry import Registry
 from server.experiments.service import Experiments
+from server.limits import RateLimiter
 from server.metrics.registry import Metrics
 from server.settings import Settings
 from server.variants.service import VariantManager
@@ -28,6 +29,8 @@ class AppState:
     experiments: Experiments
     variants: VariantManager
     keys: Keys
+    limiter: RateLimiter
+    open_streams: int = 0
 
 
 def get_state(request: Request) -> AppState:

@@ -69,7 +69,7 @@ engines:
     public: {{ .Values.model.name | quote }}
     service: {{ $service }}
     url: {{ printf "http://%s:%v" $service .Values.engine.port | quote }}
-    settings: {{ mergeOverwrite (deepCopy .Values.engine) (deepCopy (.Values.base.engine | default dict)) | toJson }}
+    settings: {{ include "leanserve.engineSettings" (list .Values.engine .Values.base.engine) }}
 {{- range .Values.variants }}
 {{- $key := regexReplaceAll "[^a-z0-9]+" (lower .recipe) "-" | trimAll "-" }}
 {{- $service := printf "%s-engine-%s" $fullname $key | trunc 63 | trimSuffix "-" }}
@@ -78,8 +78,18 @@ engines:
     public: {{ printf "%s:%s" $.Values.model.name .recipe | quote }}
     service: {{ $service }}
     url: {{ printf "http://%s:%v" $service $.Values.engine.port | quote }}
-    settings: {{ mergeOverwrite (deepCopy $.Values.engine) (deepCopy (.engine | default dict)) | toJson }}
+    settings: {{ include "leanserve.engineSettings" (list $.Values.engine .engine) }}
 {{- end }}
+{{- end }}
+
+{{/* `engine` defaults with one engine's overrides, as JSON. Each key given replaces the default's
+whole (a plain set, not a deep merge: a deep merge would ignore an override to false or 0). */}}
+{{- define "leanserve.engineSettings" -}}
+{{- $settings := deepCopy (index . 0) }}
+{{- range $key, $value := (index . 1 | default dict) }}
+{{- $_ := set $settings $key $value }}
+{{- end }}
+{{- toJson $settings }}
 {{- end }}
 
 {{/* The pod volume of the store. */}}

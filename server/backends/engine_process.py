@@ -56,6 +56,7 @@ class EngineConfig:
     log_path: Path | None = None
     start_timeout_s: float = 300
     offline: bool = True  # local checkpoints need no hub: never ask it
+    trust_remote_code: bool = False
     cpu_bind: str | None = None  # VLLM_CPU_OMP_THREADS_BIND, e.g. "1": which cores (CPU engines)
 
     def command(self, port: int) -> list[str]:
@@ -65,6 +66,8 @@ class EngineConfig:
             cmd += ["--max-model-len", str(self.max_model_len)]
         if self.enforce_eager:
             cmd.append("--enforce-eager")
+        if self.trust_remote_code:
+            cmd.append("--trust-remote-code")
         if self.gpu_memory_utilization:
             cmd += ["--gpu-memory-utilization", str(self.gpu_memory_utilization)]
         return cmd + list(self.extra_args)

@@ -76,7 +76,13 @@ class Registry:
 
     @property
     def ready(self) -> bool:
-        return bool(self.backends) and all(b.ready for b in self.backends.values())
+        """The routed name can be served: its base (or, when the base runs nowhere, any variant)
+        answers. Variants still building or restarting do not make the gateway unready: routing
+        and fallback go around them, and in a cluster they may build for hours."""
+        base = self.backends.get(self.base_name)
+        if base is not None:
+            return base.ready
+        return any(b.ready for b in self.backends.values())
 
     async def start(self) -> None:
         for backend in self.backends.values():

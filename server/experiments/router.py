@@ -7,6 +7,7 @@ import math
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.exc import SQLAlchemyError
 
 from server.api_docs import ERROR_RESPONSES
 from server.auth import Admin, ApiKey
@@ -54,7 +55,7 @@ async def create_experiment(experiment: ExperimentSettings, state: State) -> dic
             "unknown_variant",
         )
     state.experiments.create(experiment)
-    state.metrics.add_experiment(experiment.name, [a.variant for a in experiment.arms])
+    state.metrics.add_experiment(experiment.name, [a.name for a in experiment.arms])
     return _view(experiment)
 
 
@@ -88,7 +89,17 @@ async def experiment_report(name: str, state: State) -> dict:
 async def feedback(body: Feedback, state: State) -> dict:
     store = state.experiments.store
     await store.flush(timeout_s=5)
-    found = await asyncio.to_thread(store.set_feedback, body.request_id, body.score)
+    try:
+        found = await asyncio.to_thread(store.set_feedback, body.request_id, body.score)
+    except SQLAlchemyError as exc:
+        raise APIError(
+            503,
+            "The experiment database is busy or unreachable; retry shortly.",
+            "service_unavailable",
+            None,
+            "store_unavailable",
+            {"Retry-After": "2"},
+        ) from exc
     if not found:
         raise APIError(
             404,

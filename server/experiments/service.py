@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from server.errors import APIError
 from server.experiments import stats
@@ -26,22 +29,23 @@ class Experiments:
         cls, configured: list[ExperimentSettings], url: str, metrics: Metrics
     ) -> Experiments:
         for e in configured:
-            metrics.add_experiment(e.name, [a.variant for a in e.arms])
+            metrics.add_experiment(e.name, [a.name for a in e.arms])
         return cls(OutcomeStore(url), {e.name: e for e in configured}, metrics)
 
     def running(self) -> ExperimentSettings | None:
         """The experiment routed requests take part in: the first one running."""
         return next((e for e in self.experiments.values() if e.state == "running"), None)
 
-    def assign(self, user: str | None) -> tuple[str, str] | None:
+    def assign(self, user: str | None) -> tuple[str, str, str] | None:
+        """(experiment, arm, variant) for a routed request, or None when none is running."""
         experiment = self.running()
         if experiment is None:
             return None
-        arms = [(a.variant, a.weight) for a in experiment.arms]
-        arm = assign(experiment.name, arms, user)
+        arm = assign(experiment.name, [(a.name, a.weight) for a in experiment.arms], user)
         if self.metrics:
             self.metrics.experiment_assignments.labels(experiment.name, arm).inc()
-        return experiment.name, arm
+        variant = next(a.variant for a in experiment.arms if a.name == arm)
+        return experiment.name, arm, variant
 
     def record(self, outcome) -> None:
         self.store.add(outcome_row(outcome))
@@ -82,9 +86,19 @@ class Experiments:
 
     async def report(self, name: str) -> dict:
         experiment = self.get(name)
-        await self.store.flush()
-        rows = self.store.rows(name)
-        arms = {a.variant: a.weight for a in experiment.arms}
+        await self.store.flush(timeout_s=10)
+        try:
+            rows = await asyncio.to_thread(self.store.rows, name)
+        except SQLAlchemyError as exc:
+            raise APIError(
+                503,
+                "The experiment database is busy or unreachable; retry shortly.",
+                "service_unavailable",
+                None,
+                "store_unavailable",
+                {"Retry-After": "2"},
+            ) from exc
+        arms = {a.name: a.weight for a in experiment.arms}
         return {
             "experiment": name,
             "state": experiment.state,

@@ -114,7 +114,7 @@ class OutcomeStore:
 
     def set_feedback(self, request_id: str, score: float) -> bool:
         """Attach a score to a recorded request; False when no such request was recorded."""
-        for attempt in range(5):
+        for attempt in range(3):
             try:
                 with self.engine.begin() as conn:
                     result = conn.execute(
@@ -124,7 +124,7 @@ class OutcomeStore:
                     )
                 return result.rowcount > 0
             except OperationalError:
-                if attempt == 4:
+                if attempt == 2:
                     raise
                 time.sleep(0.1 * 2**attempt)
         return False

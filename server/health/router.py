@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import hmac
+
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from server.api_docs import ERROR_RESPONSES
+from server.errors import APIError
+from server.metrics import engine_stats
 from server.state import State
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], responses={503: ERROR_RESPONSES[503]})
 
 
 @router.get("/health")
@@ -16,7 +21,7 @@ async def health() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get("/ready", summary="200 when the routed model can be served; each engine's state")
 async def ready(state: State) -> JSONResponse:
     engines = {
         name: {
@@ -24,6 +29,8 @@ async def ready(state: State) -> JSONResponse:
             "url": b.engine.url,
             "pid": b.engine.pid,
             "restarts": b.engine.restarts,
+            "breaker": "open" if b.breaker.open else "closed",
+            "in_flight": b.in_flight,
             "error": b.engine.last_error,
         }
         for name, b in state.registry.backends.items()
@@ -33,8 +40,20 @@ async def ready(state: State) -> JSONResponse:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(state: State) -> Response:
+async def metrics(request: Request, state: State) -> Response:
+    key = state.settings.auth.metrics_key
+    if key is not None:
+        token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(token.encode(), key.encode()):
+            raise APIError(
+                401,
+                "/metrics needs the metrics key.",
+                "authentication_error",
+                None,
+                "invalid_api_key",
+            )
     m = state.metrics
+    await engine_stats.refresh(state.registry, m)
     for name, backend in state.registry.backends.items():
         m.engine_up.labels(name).set(1 if backend.ready else 0)
         m.engine_restarts.labels(name).set(backend.engine.restarts)

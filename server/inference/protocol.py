@@ -48,7 +48,7 @@ class ChatMessage(OpenAIModel):
 class SamplingFields(OpenAIModel):
     """Fields shared by chat and text completions."""
 
-    model: Str = Field(min_length=1)
+    model: Str = Field(min_length=1, examples=["smollm2-135m-instruct"])
     max_tokens: Int | None = Field(default=None, ge=1)
     temperature: Float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: Float | None = Field(default=None, gt=0.0, le=1.0)

@@ -18,9 +18,9 @@ router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[ApiKey])
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, state: State
 ) -> Response:
-    return await service.serve(body, "chat", "/v1/chat/completions", state, request.headers)
+    return await service.serve(body, "chat", "/v1/chat/completions", state, request)
 
 
 @router.post("/completions", responses=ERROR_RESPONSES)
 async def create_completion(body: CompletionRequest, request: Request, state: State) -> Response:
-    return await service.serve(body, "completions", "/v1/completions", state, request.headers)
+    return await service.serve(body, "completions", "/v1/completions", state, request)

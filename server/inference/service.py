@@ -10,6 +10,7 @@ counts the failure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import httpx
+from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from server.backends.registry import Backend
@@ -188,11 +190,31 @@ def requested_policy(request: InferenceRequest, headers: Mapping[str, str]):
     return routing.parse_policy(raw)
 
 
+def caller(http: Request) -> str:
+    """Who the rate limit counts against: the API key, else the client's address."""
+    auth = http.headers.get("authorization", "")
+    return auth if auth else f"addr:{http.client.host if http.client else 'unknown'}"
+
+
 async def serve(
-    request: InferenceRequest, route: str, path: str, state: AppState, headers: Mapping[str, str]
+    request: InferenceRequest, route: str, path: str, state: AppState, http: Request
 ) -> Response:
     settings, registry, metrics = state.settings, state.registry, state.metrics
+    headers = http.headers
     check_limits(request, settings.max_n)
+    cap = settings.limits.max_tokens
+    wanted = getattr(request, "max_completion_tokens", None) or request.max_tokens
+    if cap is not None and wanted is not None and wanted > cap:
+        raise bad_request(
+            f"max_tokens={wanted} is above this server's limit of {cap}.", "max_tokens"
+        )
+    state.limiter.check(caller(http))
+    streams = settings.limits.max_concurrent_streams
+    if request.stream and streams is not None and state.open_streams >= streams:
+        raise APIError(
+            429, f"This server streams at most {streams} responses at once; retry shortly.",
+            "rate_limit_error", None, "too_many_streams", {"Retry-After": "1"},
+        )  # fmt: skip
     policy = requested_policy(request, headers)
     user = headers.get("x-user-id") or request.user
     arm = None
@@ -221,7 +243,7 @@ async def serve(
             if body.get("stream"):
                 response = await _stream(call, body, state)
             else:
-                response = await _complete(call, body, state)
+                response = await _until_disconnect(_complete(call, body, state), http)
         except Retryable as exc:
             backend.breaker.failure()
             metrics.fallbacks.labels(backend.name, exc.why).inc()
@@ -229,8 +251,6 @@ async def serve(
                 "%s failed before its first token (%s); trying the next", backend.name, exc.why
             )
             last_error = exc.error
-            if plan.experiment:
-                state.experiments.record(_outcome(call, None, None, exc.error.code))
             continue
         metrics.routing_decisions.labels(
             plan.policy, backend.name, plan.code if tried == 1 else "fallback"
@@ -239,11 +259,26 @@ async def serve(
     raise last_error or unavailable(f"No variant of '{request.model}' could serve the request.", 5)
 
 
+async def _until_disconnect(work, http: Request):
+    """Run `work`, but cancel it when the client goes away: closing the engine connection makes
+    vLLM abort the generation instead of finishing it for no one."""
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        if not done and await http.is_disconnected():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise APIError(499, "The client closed the connection.", "client_disconnected")
+    return task.result()
+
+
 async def _complete(call: Call, body: dict, state: AppState) -> Response:
     backend, metrics = call.backend, state.metrics
     backend.in_flight += 1
     metrics.in_flight.labels(backend.name).inc()
     status, usage, finish, error = 503, None, None, None
+    retrying = False
     try:
         try:
             upstream = await backend.client.post(call.path, json=body)
@@ -267,11 +302,18 @@ async def _complete(call: Call, body: dict, state: AppState) -> Response:
         finish = choices[0].get("finish_reason")
         backend.breaker.success()
         return Response(upstream.content, 200, response_headers(call), "application/json")
+    except Retryable:
+        retrying = True  # the next candidate's outcome is the one that counts
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client left
+        raise
     finally:
         backend.in_flight -= 1
         metrics.in_flight.labels(backend.name).dec()
         metrics.requests.labels(backend.name, call.route, str(status)).inc()
-        _finish(call, state, usage, finish, None if status == 200 else str(status))
+        error = None if status == 200 else str(status)
+        _finish(call, state, usage, finish, error, record=not retrying)
 
 
 async def _stream(call: Call, body: dict, state: AppState) -> Response:
@@ -329,6 +371,7 @@ async def _relay(
 ) -> AsyncIterator[bytes]:
     backend, metrics = call.backend, state.metrics
     backend.in_flight += 1
+    state.open_streams += 1
     metrics.in_flight.labels(backend.name).inc()
     usage, finish, error = None, None, None
     status = "200"
@@ -372,6 +415,7 @@ async def _relay(
     finally:
         await upstream.aclose()
         backend.in_flight -= 1
+        state.open_streams -= 1
         metrics.in_flight.labels(backend.name).dec()
         metrics.requests.labels(backend.name, call.route, status).inc()
         _finish(call, state, usage, finish, error)
@@ -395,7 +439,12 @@ def _outcome(call: Call, usage: dict | None, finish: str | None, error: str | No
 
 
 def _finish(
-    call: Call, state: AppState, usage: dict | None, finish: str | None, error: str | None
+    call: Call,
+    state: AppState,
+    usage: dict | None,
+    finish: str | None,
+    error: str | None,
+    record: bool = True,
 ) -> None:
     metrics: Metrics = state.metrics
     backend = call.backend
@@ -411,5 +460,5 @@ def _finish(
         metrics.ttft_seconds.labels(backend.name).observe(outcome.ttft_s)
     if error is None:
         backend.stats.observe(outcome.ttft_s, tpot)
-    if call.plan.experiment:
+    if call.plan.experiment and record:
         state.experiments.record(outcome)

@@ -136,6 +136,26 @@ class Metrics:
             registry=r,
         )
 
+        self.engine_queue = Gauge(
+            "leanserve_engine_queue_requests",
+            "Requests waiting in the engine (vLLM).",
+            ["variant"],
+            registry=r,
+        )
+        self.engine_running = Gauge(
+            "leanserve_engine_running_requests",
+            "Requests running in the engine (vLLM).",
+            ["variant"],
+            registry=r,
+        )
+        self.engine_kv_cache = Gauge(
+            "leanserve_engine_kv_cache_usage_ratio",
+            "KV-cache in use, 0-1 (vLLM).",
+            ["variant"],
+            registry=r,
+        )
+        self.tokens_by_variant: dict[str, float] = {}  # for energy attribution at scrape time
+
     def add_build(self, variant: str) -> None:
         self.build_progress.labels(variant).set(0)
         self.build_failures.labels(variant)
@@ -182,6 +202,12 @@ class Metrics:
         self.generation_tokens.labels(variant)
         self.in_flight.labels(variant)
         self.engine_up.labels(variant)
+        self.engine_queue.labels(variant)
+        self.engine_running.labels(variant)
+        self.engine_kv_cache.labels(variant)
+        for status in ("200", "400", "499", "502", "503"):
+            for route in routes:
+                self.requests.labels(variant, route, status)
 
     def record_usage(self, variant: str, usage: dict | None) -> int:
         """Count a finished request's tokens; returns the completion tokens."""
@@ -191,4 +217,5 @@ class Metrics:
         completion = int(usage.get("completion_tokens") or 0)
         self.prompt_tokens.labels(variant).inc(prompt)
         self.generation_tokens.labels(variant).inc(completion)
+        self.tokens_by_variant[variant] = self.tokens_by_variant.get(variant, 0.0) + completion
         return completion

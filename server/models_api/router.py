@@ -10,11 +10,12 @@ import time
 
 from fastapi import APIRouter
 
+from server.api_docs import ERROR_RESPONSES
 from server.auth import ApiKey
 from server.routing.service import quality_of, speedup_of
 from server.state import State
 
-router = APIRouter(prefix="/v1", tags=["models"], dependencies=[ApiKey])
+router = APIRouter(prefix="/v1", tags=["models"], dependencies=[ApiKey], responses=ERROR_RESPONSES)
 _CREATED = int(time.time())
 
 

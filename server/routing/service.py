@@ -115,9 +115,9 @@ def plan(
     policy: PolicyName | None,
     settings: Settings,
     registry: Registry,
-    arm: tuple[str, str] | None = None,
+    arm: tuple[str, str, str] | None = None,
 ) -> RoutePlan:
-    """`arm` is (experiment, variant) when the request takes part in an experiment."""
+    """`arm` is (experiment, arm, variant) when the request takes part in an experiment."""
     if model != registry.base_name:
         backend = registry.get(model)
         return RoutePlan([backend], "pinned", f"pinned: {backend.name}", "pinned")
@@ -146,19 +146,28 @@ def plan(
     )
     name = policy or PolicyName(settings.routing.default_policy)
     decision = POLICIES[name](states, goals)
+    if decision.code == "slo_fastest" and settings.routing.shed_load and arm is None:
+        raise APIError(
+            429,
+            "Every variant is predicted to miss the latency SLO now; retry shortly.",
+            "rate_limit_error",
+            None,
+            "overloaded",
+            {"Retry-After": "1"},
+        )
     ranked = [registry.backends[n] for n in decision.ranked]
     if arm is not None:
-        experiment, variant = arm
+        experiment, arm_name, variant = arm
         chosen = registry.backends.get(variant)
         if chosen is not None and chosen in ranked:
             rest = [b for b in ranked if b is not chosen]
             return RoutePlan(
                 [chosen, *rest],
                 "experiment",
-                f"experiment {experiment}: arm {variant}",
+                f"experiment {experiment}: arm {arm_name} ({variant})",
                 "experiment",
                 experiment,
-                variant,
+                arm_name,
                 skipped,
             )
     return RoutePlan(ranked, name.value, decision.reason, decision.code, skipped=skipped)

@@ -40,7 +40,6 @@ class Variant:
     state: str = "queued"  # queued, building, built, failed, retiring
     percent: float = 0.0
     stage: str | None = None
-    eta_s: float | None = None
     error: str | None = None
     reused: bool = False  # found complete in the store: nothing was built
     path: str | None = None
@@ -119,12 +118,20 @@ class VariantManager:
             "state": state,
             "percent": round(variant.percent, 1),
             "stage": variant.stage,
-            "eta_s": None if variant.eta_s is None else round(variant.eta_s),
+            "eta_s": self._eta(variant),
             "error": variant.error,
             "reused": variant.reused,
             "path": variant.path,
             "card": variant.card,
         }
+
+    def _eta(self, variant: Variant) -> float | None:
+        """Seconds left, from the job's overall percent and time so far (stages vary in speed,
+        so this is a rough guide that firms up as the job runs)."""
+        if variant.state != "building" or not variant.started_at or variant.percent <= 0:
+            return 0.0 if variant.state == "built" else None
+        elapsed = time.time() - variant.started_at
+        return round(elapsed * (100 - variant.percent) / variant.percent)
 
     async def retire(self, vid: str, drain_s: float = 60.0) -> Variant:
         """Stop routing to the variant, let its in-flight requests finish, stop its engine."""
@@ -216,7 +223,7 @@ class VariantManager:
             code = await self._job.wait()
         variant.finished_at = time.time()
         if code == 0 and variant.path:
-            variant.state, variant.percent, variant.eta_s = "built", 100.0, 0.0
+            variant.state, variant.percent = "built", 100.0
             log.info("variant %s built at %s", variant.name, variant.path)
         else:
             variant.state = "failed"
@@ -228,9 +235,6 @@ class VariantManager:
         variant.stage = event.get("stage") or variant.stage
         overall = float(event.get("overall_percent") or event.get("percent") or 0.0)
         variant.percent = max(variant.percent, min(overall, 99.9))
-        if variant.started_at and variant.percent > 0:
-            elapsed = time.time() - variant.started_at
-            variant.eta_s = elapsed * (100 - variant.percent) / variant.percent
         self.metrics.build_progress.labels(variant.name).set(variant.percent / 100)
 
     async def _serve(self, variant: Variant) -> None:
@@ -245,6 +249,7 @@ class VariantManager:
             max_model_len=engine.max_model_len,
             enforce_eager=engine.enforce_eager,
             extra_args=engine.extra_args,
+            trust_remote_code=engine.trust_remote_code,
             log_path=self.settings.home / "logs" / f"engine-{variant.id.replace(':', '_')}.log",
             start_timeout_s=engine.start_timeout_s,
             cpu_bind=self.cpu_core(len(self.registry.backends)),

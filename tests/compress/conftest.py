@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 def make_tiny_llama(directory: Path, hidden: int = 64, layers: int = 4, vocab: int = 512) -> Path:
     """A random Llama with a BPE tokenizer trained on the shipped text, saved as a checkpoint."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from compress.texts import CALIBRATION_TEXT

@@ -77,9 +77,7 @@ class Rendered:
 
 
 def render(helm: Path, values: str) -> Rendered:
-    run = run_helm(
-        helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *VALUES[values]
-    )
+    run = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *VALUES[values])
     assert run.returncode == 0, f"helm template ({values}) failed:\n{run.stderr}"
     docs = [d for d in yaml.safe_load_all(run.stdout) if d]
     return Rendered(values, docs)

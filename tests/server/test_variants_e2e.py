@@ -8,6 +8,9 @@ full-budget numbers are in bench/ and BENCHMARKS.md.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 import time
 
 import httpx
@@ -44,6 +47,7 @@ def _start(home, tmp_path, name: str):
         "LEANSERVE_BUILD_ARGS": json.dumps(SMALL_BUILD),
         "LEANSERVE_ROUTING__QUALITY_FLOOR": str(FLOOR),
         "LEANSERVE_AUTH__ADMIN_KEY": ADMIN,
+        "LEANSERVE_ROUTING__BREAKER_COOLDOWN_S": "5",
     }
     return start_gateway(home, tmp_path / f"{name}.log", extra_env=env)
 
@@ -157,6 +161,70 @@ def test_bad_recipe_name_is_refused(served):
         timeout=10,
     )
     assert response.status_code == 400 and response.json()["error"]["param"] == "recipe"
+
+
+def test_failover_when_a_variant_engine_dies(served):
+    """Kill the engine the cost policy prefers, under load: requests that had not started
+    streaming are served by the next variant; the breaker opens, then closes once it is back."""
+    gw, *_ = served
+    target = "smollm2-135m-instruct:w8a8"
+    pid = gw.engine(target)["pid"]
+    outcomes: list[tuple[str, int, bool, bool]] = []  # kind, status, started, error_after_start
+    breaker_states: set[str] = set()
+    stop = threading.Event()
+
+    def client(i: int) -> None:
+        while not stop.is_set():
+            body = {
+                "model": "smollm2-135m-instruct",
+                "messages": [{"role": "user", "content": f"Tell story number {i}."}],
+                "max_tokens": 24,
+                "leanserve_policy": "cost",
+            }
+            if i % 2:
+                r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=120)
+                outcomes.append(("plain", r.status_code, False, False))
+                continue
+            with httpx.stream(
+                "POST", f"{gw.url}/v1/chat/completions", json={**body, "stream": True}, timeout=120
+            ) as r:
+                lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+            started = r.status_code == 200 and bool(lines)
+            failed_late = any('"error"' in line for line in lines)
+            outcomes.append(("stream", r.status_code, started, failed_late))
+
+    def watch() -> None:
+        while not stop.is_set():
+            breaker_states.add(gw.engine(target)["breaker"])
+            time.sleep(0.1)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+    threads.append(threading.Thread(target=watch))
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(8)
+    stop.set()
+    for t in threads:
+        t.join(120)
+    assert outcomes, "no request finished"
+    # Every request either succeeded, or had started streaming before the engine died.
+    for kind, status, started, failed_late in outcomes:
+        assert status == 200, (kind, status)
+        assert not failed_late or (kind == "stream" and started)
+    assert "open" in breaker_states, breaker_states
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        engine = gw.engine(target)
+        if engine["state"] == "ready":
+            r = _chat(gw, "smollm2-135m-instruct", leanserve_policy="cost")
+            if r.headers.get("X-Leanserve-Variant") == target:
+                break
+        time.sleep(1)
+    assert gw.engine(target)["breaker"] == "closed"
+    assert r.headers["X-Leanserve-Variant"] == target
 
 
 def test_retire_drains_and_removes(served):

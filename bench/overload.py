@@ -1,0 +1,160 @@
+"""Overload: open-loop load at ~3x the base engine's capacity for 60 s, base-only against the
+slo policy with variants, in one run.
+
+1. Measure the base engine's capacity (closed loop, 32 concurrent streams) through a
+   base-only gateway.
+2. Base-only: Poisson arrivals at 3x that rate for 60 s.
+3. slo: a gateway serving the base and its variants (built first if missing), default policy
+   slo with load shedding; the same arrivals.
+Reported per phase: p50/p95 time to first token of served requests, error rate (shed requests
+count as errors), share served by each variant, mean quality (card top-1 agreement) of what
+was served.
+
+    .venv/bin/python bench/overload.py [--seconds 60] [--factor 3] [--variants w8a8 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.loadgen import PROMPTS, run_round  # noqa: E402
+from tests.server.gateway import REPO, start_gateway  # noqa: E402
+
+MAX_TOKENS = 32
+
+
+async def open_loop(url: str, model: str, rate: float, seconds: float, slo_ttft: float) -> dict:
+    rng = random.Random(0)
+    results: list[dict] = []
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
+    async with httpx.AsyncClient(timeout=180, limits=limits) as client:
+
+        async def one(i: int) -> None:
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                "max_tokens": MAX_TOKENS,
+                "ignore_eos": True,
+                "stream": True,
+            }
+            started = time.perf_counter()
+            ttft, status, variant = None, 0, None
+            try:
+                async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+                    status, variant = r.status_code, r.headers.get("x-leanserve-variant")
+                    async for line in r.aiter_lines():
+                        if line.startswith("data: {") and ttft is None:
+                            ttft = time.perf_counter() - started
+            except httpx.HTTPError:
+                status = -1
+            results.append({"status": status, "ttft_s": ttft, "variant": variant})
+
+        tasks = []
+        started = time.perf_counter()
+        i = 0
+        while time.perf_counter() - started < seconds:
+            tasks.append(asyncio.create_task(one(i)))
+            i += 1
+            await asyncio.sleep(rng.expovariate(rate))
+        await asyncio.wait(tasks, timeout=180)
+    ok = [r for r in results if r["status"] == 200 and r["ttft_s"] is not None]
+    ttfts = sorted(r["ttft_s"] for r in ok)
+    shares: dict[str, int] = {}
+    for r in ok:
+        shares[r["variant"]] = shares.get(r["variant"], 0) + 1
+    p95 = ttfts[int(0.95 * (len(ttfts) - 1))] if ttfts else None
+    return {
+        "sent": len(results),
+        "served": len(ok),
+        "error_rate": round(1 - len(ok) / max(len(results), 1), 4),
+        "shed_429": sum(r["status"] == 429 for r in results),
+        "ttft_p50_s": round(statistics.median(ttfts), 3) if ttfts else None,
+        "ttft_p95_s": round(p95, 3) if p95 is not None else None,
+        "p95_over_slo": round(p95 / slo_ttft, 2) if p95 is not None else None,
+        "share": {k: round(v / len(ok), 3) for k, v in sorted(shares.items())},
+    }
+
+
+def mean_quality(url: str, share: dict[str, float], base: str) -> float:
+    models = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
+    quality = {m["id"]: m.get("quality", 1.0) for m in models}
+    quality[base] = 1.0
+    return round(sum(quality.get(v, 0.0) * s for v, s in share.items()), 4)
+
+
+def wait_variants(url: str, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        data = httpx.get(f"{url}/v1/variants", timeout=10).json()["data"]
+        if all(v["state"] in ("ready", "failed") for v in data):
+            return {v["id"]: v["state"] for v in data}
+        time.sleep(2)
+    raise TimeoutError("variants not ready")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--factor", type=float, default=3.0)
+    parser.add_argument("--slo-ttft", type=float, default=1.0)
+    parser.add_argument("--variants", nargs="+", default=["w8a8", "prune-0.25+distill"])
+    parser.add_argument("--out", type=Path, default=REPO / "bench/results/overload.json")
+    args = parser.parse_args()
+    home = Path(os.environ.get("LEANSERVE_HOME", REPO / ".leanserve"))
+    tmp = Path(tempfile.mkdtemp())
+    result: dict = {"seconds": args.seconds, "factor": args.factor, "slo_ttft_s": args.slo_ttft}
+
+    gw = start_gateway(home, tmp / "base.log", extra_env={"LEANSERVE_VARIANTS": "[]"})
+    try:
+        gw.wait_ready()
+        model = next(iter(gw.ready_info()["engines"]))
+        cap = asyncio.run(run_round("capacity", gw.url, model, 32, 128, MAX_TOKENS))
+        capacity = len(cap.results) / cap.wall_s
+        result["base_capacity_rps"] = round(capacity, 2)
+        rate = args.factor * capacity
+        result["offered_rps"] = round(rate, 2)
+        print(f"capacity {capacity:.2f} req/s; offering {rate:.2f} req/s", flush=True)
+        result["base_only"] = asyncio.run(
+            open_loop(gw.url, model, rate, args.seconds, args.slo_ttft)
+        )
+        print("base-only", result["base_only"], flush=True)
+    finally:
+        gw.stop()
+
+    env = {
+        "LEANSERVE_VARIANTS": json.dumps(args.variants),
+        "LEANSERVE_ROUTING__DEFAULT_POLICY": "slo",
+        "LEANSERVE_ROUTING__SHED_LOAD": "true",
+        "LEANSERVE_ROUTING__SLO__TTFT_S": str(args.slo_ttft),
+    }
+    gw = start_gateway(home, tmp / "slo.log", extra_env=env)
+    try:
+        gw.wait_ready()
+        result["variants"] = wait_variants(gw.url, 3600)
+        slo = asyncio.run(open_loop(gw.url, model, rate, args.seconds, args.slo_ttft))
+        slo["mean_quality"] = mean_quality(gw.url, slo["share"], model)
+        result["slo"] = slo
+        print("slo", slo, flush=True)
+    finally:
+        gw.stop()
+    result["base_only"]["mean_quality"] = 1.0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

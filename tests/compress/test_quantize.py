@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from compress import checkpoint, quantize
+from compress.recipes import QuantizeStep
+
+from .helpers import build
+
+
+def test_w4a16_config_groups_carry_the_group_size_and_mixed_bits():
+    step = QuantizeStep(scheme="w4a16", group_size=32, int8_targets=["re:.*down_proj"])
+    groups = quantize.config_groups(step)
+    assert groups["int4"]["weights"] == {
+        "num_bits": 4,
+        "type": "int",
+        "symmetric": True,
+        "strategy": "group",
+        "group_size": 32,
+    }
+    assert groups["int8"]["targets"] == ["re:.*down_proj"]
+    assert groups["int8"]["weights"]["strategy"] == "channel"
+
+
+def test_modifiers_follow_the_step():
+    names = [
+        type(m).__name__
+        for m in quantize.modifiers(QuantizeStep(scheme="w8a8", smoothing_strength=0.8))
+    ]
+    assert names == ["SmoothQuantModifier", "GPTQModifier"]
+    names = [
+        type(m).__name__
+        for m in quantize.modifiers(QuantizeStep(scheme="fp8_dynamic", algorithm="rtn"))
+    ]
+    assert names == ["QuantizationModifier"]
+    awq = quantize.modifiers(QuantizeStep(scheme="w4a16", group_size=32, awq=True))
+    assert [type(m).__name__ for m in awq] == ["AWQModifier", "GPTQModifier"]
+
+
+@pytest.mark.parametrize(
+    ("recipe", "fmt", "weight_bits"),
+    [
+        ("w8a8", "int-quantized", 8),
+        ("w4a16", "pack-quantized", 4),
+        ("fp8", "float-quantized", 8),
+    ],
+)
+def test_quantized_builds_are_compressed_tensors_checkpoints(
+    tiny_base, store, recipe, fmt, weight_bits
+):
+    card, path, _ = build(tiny_base, recipe, store)
+    qc = json.loads((path / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "compressed-tensors"
+    assert qc["format"] == fmt
+    group = next(iter(qc["config_groups"].values()))
+    assert group["weights"]["num_bits"] == weight_bits
+    assert "lm_head" in qc["ignore"]
+    assert card["size"]["size_ratio"] < 0.9
+    # It loads and generates in transformers.
+    model = checkpoint.load_model(path)
+    tokenizer = checkpoint.load_tokenizer(path)
+    ids = tokenizer("The if statement", return_tensors="pt")["input_ids"]
+    out = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == ids.shape[1] + 4
+    assert torch.isfinite(model(ids).logits).all()
+    assert card["quality"]["kl_to_base"] < 0.5
+
+
+def test_w4a16_group_size_is_chosen_for_the_model(tiny_base, store):
+    card, path, _ = build(tiny_base, "w4a16", store)
+    assert card["variant"] == "tiny-llama-w4a16-g64"  # 64 divides the tiny model's widths
