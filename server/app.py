@@ -7,6 +7,7 @@ import json
 import logging
 import os
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -61,7 +62,8 @@ def cpu_core(settings: Settings, index: int) -> str | None:
     return str(index % (os.cpu_count() or 1))
 
 
-def build_registry(settings: Settings) -> Registry:
+def build_registry(settings: Settings, prepare=None) -> Registry:
+    """`prepare`: returns the base checkpoint's path, once (shared with the variant builds)."""
     base = basemodel.expected_name(settings.model)
     registry = Registry(base_name=base)
     timeout = settings.request_timeout_s
@@ -84,7 +86,7 @@ def build_registry(settings: Settings) -> Registry:
             start_timeout_s=engine.start_timeout_s,
             cpu_bind=cpu_core(settings, 0),
         )
-        process = EngineProcess(config, prepare=lambda: prepare_model(settings))
+        process = EngineProcess(config, prepare=prepare or (lambda: prepare_model(settings)))
         registry.add(Backend(base, process, engine_client(process.url, timeout)))
     return registry
 
@@ -97,11 +99,22 @@ def experiment_store_url(settings: Settings) -> str:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    metrics = Metrics()
+    metrics = Metrics(enabled=settings.metrics_enabled)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        registry = build_registry(settings)
+        base = basemodel.expected_name(settings.model)
+
+        async def prepare_base() -> str:
+            path = await prepare_model(settings)
+            metrics.set_card(base, "base", {"quality": {"top1_agreement": 1.0}})
+            if Path(path).is_dir():
+                size = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+                metrics.variant_size.labels(base).set(size)
+            return path
+
+        base_path = _memo(prepare_base)
+        registry = build_registry(settings, base_path)
         for name, backend in registry.backends.items():
             metrics.add_variant(name)
             backend.breaker.failures = settings.routing.breaker_failures
@@ -109,7 +122,6 @@ def create_app(settings: Settings) -> FastAPI:
         experiments = Experiments.from_settings(
             settings.experiments, experiment_store_url(settings), metrics
         )
-        base_path = _memo(lambda: prepare_model(settings))
         variants = VariantManager(
             settings, registry, metrics, base_path, lambda i: cpu_core(settings, i)
         )
@@ -118,7 +130,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.leanserve = AppState(
             settings, registry, metrics, experiments, variants, keys, limiter
         )
-        metrics.registry.register(ResourceCollector(registry, metrics, Nvml.open()))
+        if settings.metrics_enabled:
+            metrics.registry.register(ResourceCollector(registry, metrics, Nvml.open()))
         experiments.store.start()
         await registry.start()
         log.info("leanserve up; engines starting: %s", ", ".join(registry.backends))

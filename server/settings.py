@@ -171,6 +171,9 @@ class Settings(BaseSettings):
     build_args: list[str] = Field(
         default_factory=list, description="More `compress build` arguments (e.g. smaller budgets)."
     )
+    metrics_enabled: bool = Field(
+        default=True, description="Off: /metrics serves nothing and requests update no series."
+    )
     max_n: int = Field(default=8, ge=1, description="Largest n (choices per request) accepted.")
     request_timeout_s: float = Field(default=600, gt=0)
     drain_timeout_s: float = Field(default=30, ge=0, description="Grace period on SIGTERM.")

@@ -41,6 +41,8 @@ async def ready(state: State) -> JSONResponse:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request, state: State) -> Response:
+    if not state.settings.metrics_enabled:
+        raise APIError(404, "Metrics are off (metrics_enabled: false).", "not_found_error")
     key = state.settings.auth.metrics_key
     if key is not None:
         token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
@@ -56,5 +58,4 @@ async def metrics(request: Request, state: State) -> Response:
     await engine_stats.refresh(state.registry, m)
     for name, backend in state.registry.backends.items():
         m.engine_up.labels(name).set(1 if backend.ready else 0)
-        m.engine_restarts.labels(name).set(backend.engine.restarts)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -28,7 +28,8 @@ class EnergyAccountant:
         tokens: dict[str, float],
     ) -> dict[str, float]:
         """Attribute the energy since the last call; returns the cumulative joules per variant."""
-        generated = {v: max(0.0, t - self.last_tokens.get(v, t)) for v, t in tokens.items()}
+        # A variant not seen before had generated nothing: its tokens so far are all new.
+        generated = {v: max(0.0, t - self.last_tokens.get(v, 0.0)) for v, t in tokens.items()}
         for device, energy in device_energy.items():
             previous = self.last_energy.get(device)
             self.last_energy[device] = energy

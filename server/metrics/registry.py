@@ -14,9 +14,23 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 
 
+class _Null:
+    """Stands in for a metric when metrics are off: accepts every call, records nothing."""
+
+    def labels(self, *args, **kwargs):
+        return self
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+_NULL = _Null()
+
+
 @dataclass
 class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    enabled: bool = True
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -62,12 +76,6 @@ class Metrics:
             ["variant"],
             registry=r,
         )
-        self.engine_restarts = Gauge(
-            "leanserve_engine_restarts",
-            "Times the variant's engine was restarted.",
-            ["variant"],
-            registry=r,
-        )
 
         self.routing_decisions = Counter(
             "leanserve_routing_decisions",
@@ -84,6 +92,12 @@ class Metrics:
         self.build_progress = Gauge(
             "leanserve_build_progress_ratio",
             "Progress of the variant's compress job, 0 to 1.",
+            ["variant"],
+            registry=r,
+        )
+        self.build_failed = Gauge(
+            "leanserve_build_failed",
+            "1 when the variant's last compress job failed, else 0.",
             ["variant"],
             registry=r,
         )
@@ -155,9 +169,17 @@ class Metrics:
             registry=r,
         )
         self.tokens_by_variant: dict[str, float] = {}  # for energy attribution at scrape time
+        if not self.enabled:
+            # Metrics off (to measure what they cost): every series becomes a no-op and the
+            # registry stays empty.
+            for name, value in list(vars(self).items()):
+                if isinstance(value, Counter | Gauge | Histogram):
+                    setattr(self, name, _NULL)
+                    r.unregister(value)
 
     def add_build(self, variant: str) -> None:
         self.build_progress.labels(variant).set(0)
+        self.build_failed.labels(variant).set(0)
         self.build_failures.labels(variant)
 
     def set_card(self, variant: str, recipe: str, card: dict | None) -> None:

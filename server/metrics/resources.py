@@ -68,6 +68,14 @@ class ResourceCollector:
             cpu.add_metric([variant], seconds)
         yield memory
         yield cpu
+        restarts = CounterMetricFamily(
+            "leanserve_engine_restarts",
+            "Times the variant's engine was restarted.",
+            labels=["variant"],
+        )
+        for name, backend in self.registry.backends.items():
+            restarts.add_metric([name], backend.engine.restarts)
+        yield restarts
 
         device_energy: dict[str, float] = {}
         device_variants: dict[str, list[str]] = {}

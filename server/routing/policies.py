@@ -27,6 +27,7 @@ class BackendState:
     cost_per_mtok: float  # USD per million generated tokens at its measured throughput
     ttft_s: float  # predicted time to first token (live moving average, adjusted for queue)
     tpot_s: float  # predicted time per output token
+    relative_cost: float = 1.0  # cost per token against the base's
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def cost(states: list[BackendState], goals: RoutingGoals) -> Decision:
     return Decision(
         _names(good + rest),
         f"cost: cheapest at quality >= {goals.quality_floor} "
-        f"(${first.cost_per_mtok:.4f}/Mtok, quality {first.quality:.3f})",
+        f"(cost {first.relative_cost:.2f}x the base's, quality {first.quality:.3f})",
         "cheapest_at_floor",
     )
 

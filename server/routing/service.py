@@ -82,6 +82,7 @@ def backend_state(backend: Backend, settings: Settings, base_tps: float | None) 
         cost_per_mtok=usd_per_mtok_base / speedup_of(backend),
         ttft_s=ttft,
         tpot_s=tpot,
+        relative_cost=1.0 / speedup_of(backend),
     )
 
 

@@ -184,7 +184,9 @@ class VariantManager:
                 variant.state, variant.error = "failed", str(exc)
             if variant.state == "failed":
                 self.metrics.build_failures.labels(variant.name).inc()
+                self.metrics.build_failed.labels(variant.name).set(1)
                 continue
+            self.metrics.build_failed.labels(variant.name).set(0)
             await self._serve(variant)
 
     async def _build(self, variant: Variant) -> None:

@@ -46,7 +46,7 @@ def test_distillation_moves_the_student_towards_the_teacher(tiny_base):
     before = kl()
     ctx = BuildContext(tiny_base, CALIBRATION_TEXT, Progress(bars=False))
     ctx.progress.stage("distill")
-    step = DistillStep(max_seconds=60, max_tokens=64 * 8 * 40, seq_len=64, lr=3e-3)
+    step = DistillStep(max_seconds=600, max_tokens=64 * 8 * 40, seq_len=64, lr=3e-3)
     distill.apply(step, student, tokenizer, ctx)
     assert ctx.notes["distill"]["steps"] == 40
     assert kl() < 0.8 * before

@@ -30,7 +30,7 @@ METRICS = {
     "leanserve_generation_tokens_total": {"variant"},
     "leanserve_requests_in_flight": {"variant"},
     "leanserve_engine_up": {"variant"},
-    "leanserve_engine_restarts": {"variant"},
+    "leanserve_engine_restarts_total": {"variant"},
     "leanserve_routing_decisions_total": {"policy", "variant", "reason"},
     "leanserve_fallbacks_total": {"variant", "reason"},
     "leanserve_experiment_assignments_total": {"experiment", "arm"},
@@ -40,6 +40,7 @@ METRICS = {
     "leanserve_variant_size_bytes": {"variant"},
     "leanserve_build_progress_ratio": {"variant"},
     "leanserve_build_failures_total": {"variant"},
+    "leanserve_build_failed": {"variant"},
     "leanserve_engine_queue_requests": {"variant"},
     "leanserve_engine_running_requests": {"variant"},
     "leanserve_engine_kv_cache_usage_ratio": {"variant"},
@@ -226,7 +227,7 @@ def test_alerts_have_for_severity_and_annotations():
             "leanserve_gpu_memory_total_bytes",
         },
         "an engine down": {"leanserve_engine_up"},
-        "a variant build failed": {"leanserve_build_failures_total"},
+        "a variant build failed": {"leanserve_build_failed"},
     }
     for what, metrics in wanted.items():
         assert any(metrics <= m for m in metrics_of.values()), f"no alert on {what}"

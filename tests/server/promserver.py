@@ -126,6 +126,12 @@ class Prometheus:
             time.sleep(0.2)
         raise TimeoutError(f"no scrape of {job} after {t} within {timeout_s} s: {target}")
 
+    def reload(self, config: dict) -> None:
+        """Replace the configuration and reload it (needs lifecycle=True at start)."""
+        (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        response = httpx.post(f"{self.url}/-/reload", timeout=30)
+        assert response.status_code == 200, response.text
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -165,7 +171,12 @@ def config_for(gateway_url: str, port: int, interval: str = "1s") -> dict:
 
 
 def start_prometheus(
-    binary: Path, workdir: Path, gateway_url: str, interval: str = "1s", timeout_s: float = 60
+    binary: Path,
+    workdir: Path,
+    gateway_url: str,
+    interval: str = "1s",
+    timeout_s: float = 60,
+    lifecycle: bool = False,
 ) -> Prometheus:
     workdir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
@@ -179,6 +190,7 @@ def start_prometheus(
             f"--storage.tsdb.path={workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
             "--storage.tsdb.retention.time=1h",
+            *(["--web.enable-lifecycle"] if lifecycle else []),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

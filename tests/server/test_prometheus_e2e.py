@@ -4,12 +4,18 @@
    streaming with and without include_usage, non-streaming), Prometheus's requests, generated
    tokens, routing decisions and experiment assignments grew by exactly what the client received.
 2. Every PromQL expression of the Grafana dashboard and of the alert rules returns data through
-   Prometheus's HTTP API, after the test made the rarer situations happen: an A/A experiment
-   (configured), a variant build that fails (a recipe that does not exist, requested while
-   Prometheus watches), an engine killed with a request in flight (a fallback, a 5xx and a
-   restart). What cannot return data here is listed with its reason (printed, recorded as the
-   `skipped_queries` property and raised as a warning): GPU series on a machine without NVML must
-   be absent, not zero, and the test checks that they are.
+   Prometheus's HTTP API: panels as Grafana sends them (/api/v1/query_range over the test's
+   window with Grafana's variables filled in, /api/v1/query for instant table targets), the
+   template variable through /api/v1/label/<label>/values, each alert's condition through
+   /api/v1/query as a rule is evaluated (its threshold stripped: see split_condition). "Data"
+   means a finite sample, not just a series of NaN. Before that the test makes the rarer
+   situations happen: an A/A experiment (configured), variant builds that fail (a recipe that
+   does not exist, requested while Prometheus watches), an engine killed with a request in
+   flight (a fallback, a 503 and a restart). What cannot return data here is listed with its
+   reason (printed, recorded as the `skipped_queries` property and raised as a warning): GPU
+   and energy series on a machine without NVML (and without RAPL), which must be absent, not
+   zero, and the test checks that they are; and card series, which only a compressed variant
+   has, when none is served.
 
 promtool's checks of deploy/prometheus.yml and deploy/alerts.yml are in tests/deploy.
 """
@@ -132,7 +138,7 @@ def grafana_expr(expr: str) -> str:
 class Query:
     where: str  # "panel <title> [<refId>]" or "alert <name>"
     expr: str  # what is sent to Prometheus
-    kind: str  # "range" (a Grafana panel) or "instant" (a rule's evaluation)
+    kind: str  # "range" (a Grafana time series) or "instant" (a rule, a table of values)
 
 
 def dashboard_queries() -> list[Query]:
@@ -141,7 +147,10 @@ def dashboard_queries() -> list[Query]:
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
             where = f"panel {panel['title']!r} [{target['refId']}]"
-            queries.append(Query(where, grafana_expr(target["expr"]), "range"))
+            # As Grafana sends it: a range query over the time picked, unless the target
+            # asks for an instant one (tables of current values).
+            kind = "instant" if target.get("instant") and not target.get("range") else "range"
+            queries.append(Query(where, grafana_expr(target["expr"]), kind))
     return queries
 
 
@@ -274,20 +283,27 @@ def test_counters_equal_what_the_client_received(stack):
 
 
 # -- 2. every dashboard and alert expression returns data ----------------------------------------
-def _fail_a_build(gw: Gateway) -> None:
-    """Ask for a variant whose recipe does not exist; compress fails it within a second."""
+def _fail_builds(gw: Gateway, prom: Prometheus) -> None:
+    """Ask twice for a variant whose recipe does not exist; compress fails it within a second.
+
+    Twice, with a scrape between: the failure counter's series is born when the variant is
+    requested, and a build that fails within the same scrape interval is first scraped at 1.
+    increase() takes a series' first sample as its start, so only the second failure is an
+    increase that the alert (increase(...[1h]) > 0) can see."""
     admin = {"Authorization": f"Bearer {ADMIN}"}
-    created = httpx.post(
-        f"{gw.url}/v1/variants", json={"recipe": FAILING_RECIPE}, headers=admin, timeout=10
-    )
-    assert created.status_code == 202, created.text
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        state = httpx.get(f"{gw.url}/v1/variants/{FAILING_RECIPE}", timeout=10).json()["state"]
-        if state == "failed":
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"the build of {FAILING_RECIPE} did not fail within 60 s")
+    for _ in range(2):
+        created = httpx.post(
+            f"{gw.url}/v1/variants", json={"recipe": FAILING_RECIPE}, headers=admin, timeout=10
+        )
+        assert created.status_code == 202, created.text
+        deadline = time.monotonic() + 60
+        while (
+            httpx.get(f"{gw.url}/v1/variants/{FAILING_RECIPE}", timeout=10).json()["state"]
+            != "failed"
+        ):
+            assert time.monotonic() < deadline, f"{FAILING_RECIPE} did not fail within 60 s"
+            time.sleep(0.5)
+        prom.wait_scrape_after(time.time())
 
 
 def _kill_engine_under_a_request(gw: Gateway) -> int:
@@ -320,7 +336,7 @@ def _kill_engine_under_a_request(gw: Gateway) -> int:
 @pytest.mark.slow
 def test_every_dashboard_and_alert_expression_returns_data(stack, record_property):
     gw, prom = stack.gateway, stack.prometheus
-    _fail_a_build(gw)
+    _fail_builds(gw, prom)
     restarts = _kill_engine_under_a_request(gw)
     tally = mixed_load(gw.url, BASE, requests=24, concurrency=4)
     assert not tally.problems, tally.problems
@@ -362,8 +378,8 @@ def test_every_dashboard_and_alert_expression_returns_data(stack, record_propert
 
     # What the test made happen is what the series say.
     failures = prom.query(f'leanserve_build_failures_total{{variant="{BASE}:{FAILING_RECIPE}"}}')
-    assert [float(s["value"][1]) for s in failures] == [1.0]
-    assert prom.value(f'max(leanserve_engine_restarts{{variant="{BASE}"}})') == restarts
+    assert [float(s["value"][1]) for s in failures] == [2.0]
+    assert prom.value(f'max(leanserve_engine_restarts_total{{variant="{BASE}"}})') == restarts
     assert prom.value(f'sum(leanserve_fallbacks_total{{variant="{BASE}"}})') >= 1
     assert prom.value(f'sum(leanserve_requests_total{{variant="{BASE}",status="503"}})') >= 1
     # The build-failed alert's whole expression (threshold included) holds, and Prometheus
