@@ -68,8 +68,12 @@ test-fast: lint venv venv-compress tools
 gpu-check: venv
 	$(VENV)/bin/python bench/gpu_check.py
 
-bench: venv
+# Each writes bench/results/*.json; BENCHMARKS.md records the numbers with their commands.
+bench: venv venv-compress
 	$(VENV)/bin/python bench/gateway_overhead.py
+	$(VENV)/bin/python bench/metrics_overhead.py
+	$(VENV)/bin/python bench/overload.py
+	$(VENV)/bin/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) $(CVENV)
