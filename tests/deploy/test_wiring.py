@@ -124,7 +124,10 @@ def test_gateway_config_is_valid_settings(chart, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["gateway.yaml", "gateway-gpu.yaml"])
-def test_compose_gateway_config_is_valid_settings(name):
+def test_compose_gateway_config_is_valid_settings(name, monkeypatch):
+    # The file alone, as the container reads it: no LEANSERVE_* from this shell (make exports some).
+    for key in [k for k in os.environ if k.startswith("LEANSERVE_")]:
+        monkeypatch.delenv(key)
     settings_mod = pytest.importorskip("server.settings")
     settings = settings_mod.load_settings(DEPLOY / name)
     assert settings.host == "0.0.0.0" and settings.port == 8000
