@@ -358,15 +358,16 @@ def _measure_speed(options: BuildOptions, variant_dir: Path, name: str, progress
 
     python = options.vllm_python
     version = vllm_version(python)
-    logs = options.store / store.TMP / "logs"
+    # Named like a build's temp folder (hash.pid.*) so clean_stale spares it while we run.
+    logs = options.store / store.TMP / f"speed.{os.getpid()}.logs"
     results = {}
     ref = options.reference or options.base
     for k, (label, path) in enumerate((("base", ref), ("variant", variant_dir))):
         progress.log(f"speed: starting vLLM for the {label}")
         try:
             results[label] = speed.measure(path, python, logs, label)
-        except (CompressError, OSError, ValueError) as exc:
-            reason = str(exc).strip().splitlines()
+        except Exception as exc:  # noqa: BLE001 - a speed failure is recorded, never fatal
+            reason = f"{type(exc).__name__}: {exc}".strip().splitlines()
             tail = " | ".join(line for line in reason[-6:] if line.strip())
             status = f"failed: vLLM CPU could not serve the {label}: {tail}"[:2000]
             progress.log(status)

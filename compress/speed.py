@@ -169,6 +169,8 @@ async def _one_stream(client: httpx.AsyncClient, engine: Engine, max_tokens: int
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
+            if "error" in chunk:  # vLLM reports a failure mid-stream as one error chunk
+                raise CompressError(f"vLLM stream error: {chunk['error']}")
             if first is None and chunk["choices"] and chunk["choices"][0].get("text"):
                 first = time.perf_counter() - start
     return {

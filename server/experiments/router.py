@@ -100,12 +100,6 @@ async def feedback(body: Feedback, state: State) -> dict:
             "store_unavailable",
             {"Retry-After": "2"},
         ) from exc
-    if not found:
-        raise APIError(
-            404,
-            f"No request '{body.request_id}' was recorded in an experiment.",
-            "invalid_request_error",
-            "request_id",
-            "not_found",
-        )
-    return {"request_id": body.request_id, "score": body.score}
+    # A request id not recorded (yet) is kept too: its outcome may still be on its way from
+    # another gateway replica. `attached` says whether it is already joined to an outcome.
+    return {"request_id": body.request_id, "score": body.score, "attached": found}

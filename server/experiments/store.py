@@ -24,9 +24,9 @@ from sqlalchemy import (
     String,
     Table,
     create_engine,
+    delete,
     insert,
     select,
-    update,
 )
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
@@ -47,7 +47,16 @@ outcomes = Table(
     Column("completion_tokens", Integer),
     Column("finish_reason", String(32)),
     Column("error", String(64)),
-    Column("feedback", Float),
+    Column("created_at", Float, nullable=False),
+)
+# Feedback lives apart and is joined at report time: with several gateway replicas, a user's
+# feedback may reach a replica before the replica that served the request has written its
+# outcome (writes are queued), so it cannot wait for that row to exist.
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("score", Float, nullable=False),
     Column("created_at", Float, nullable=False),
 )
 
@@ -113,16 +122,21 @@ class OutcomeStore:
             conn.execute(insert(outcomes).prefix_with("OR IGNORE", dialect="sqlite"), rows)
 
     def set_feedback(self, request_id: str, score: float) -> bool:
-        """Attach a score to a recorded request; False when no such request was recorded."""
+        """Record a score for a request (the latest one wins); True when the request's outcome
+        is already recorded, False when it is not (yet)."""
         for attempt in range(3):
             try:
                 with self.engine.begin() as conn:
-                    result = conn.execute(
-                        update(outcomes)
-                        .where(outcomes.c.request_id == request_id)
-                        .values(feedback=score)
+                    conn.execute(delete(feedback).where(feedback.c.request_id == request_id))
+                    conn.execute(
+                        insert(feedback).values(
+                            request_id=request_id, score=score, created_at=time.time()
+                        )
                     )
-                return result.rowcount > 0
+                    known = conn.execute(
+                        select(outcomes.c.request_id).where(outcomes.c.request_id == request_id)
+                    ).first()
+                return known is not None
             except OperationalError:
                 if attempt == 2:
                     raise
@@ -130,9 +144,16 @@ class OutcomeStore:
         return False
 
     def rows(self, experiment: str) -> list[dict]:
+        """The experiment's outcomes, each with its feedback score (or None)."""
+        query = (
+            select(*outcomes.c, feedback.c.score.label("feedback"))
+            .select_from(
+                outcomes.outerjoin(feedback, outcomes.c.request_id == feedback.c.request_id)
+            )
+            .where(outcomes.c.experiment == experiment)
+        )
         with self.engine.connect() as conn:
-            result = conn.execute(select(outcomes).where(outcomes.c.experiment == experiment))
-            return [dict(r._mapping) for r in result]
+            return [dict(r._mapping) for r in conn.execute(query)]
 
 
 def outcome_row(outcome) -> dict:

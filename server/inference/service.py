@@ -405,6 +405,7 @@ async def _relay(
     except httpx.HTTPError as exc:
         # Headers are sent: the only way left to tell the client is an error event, then [DONE].
         status, error = "502", "engine_error"
+        backend.breaker.failure()
         log.warning("stream from %s broke: %r", backend.name, exc)
         message = f"The engine for '{backend.name}' failed mid-stream."
         yield sse_error_event(APIError(502, message, "server_error", None, "engine_error"))

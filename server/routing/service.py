@@ -134,13 +134,14 @@ def plan(
         else:
             skipped.append(f"{backend.name} ({why})")
     if not states:
+        retry = min((b.engine.retry_after_s() for b in registry.backends.values()), default=5)
         raise APIError(
             503,
-            f"No variant of '{model}' can take a request now: {', '.join(skipped)}.",
+            f"No engine for '{model}' can take a request now: {', '.join(skipped)}; retry shortly.",
             "service_unavailable",
             None,
-            "no_variant_available",
-            {"Retry-After": "5"},
+            "engine_unavailable",
+            {"Retry-After": str(retry)},
         )
     goals = RoutingGoals(
         settings.routing.quality_floor, settings.routing.slo.ttft_s, settings.routing.slo.tpot_s

@@ -72,3 +72,14 @@ def test_quantized_builds_are_compressed_tensors_checkpoints(
 def test_w4a16_group_size_is_chosen_for_the_model(tiny_base, store):
     card, path, _ = build(tiny_base, "w4a16", store)
     assert card["variant"] == "tiny-llama-w4a16-g64"  # 64 divides the tiny model's widths
+
+
+def test_quantizing_a_stored_variant_against_a_reference(tiny_base, store):
+    """The benchmark's hybrid path: quantize a stored pruned variant, judge it against the base."""
+    _, pruned, _ = build(tiny_base, "prune-0.25", store)
+    card, path, _ = build(pruned, "w8a8", store, reference=tiny_base)
+    assert card["variant"] == "tiny-llama-prune0.25-w8a8"
+    assert card["base"]["path"] == str(tiny_base.resolve())
+    assert card["built_from"]["path"] == str(pruned.resolve())
+    assert card["size"]["parameter_ratio"] < 1
+    assert json.loads((path / "config.json").read_text())["num_hidden_layers"] == 3

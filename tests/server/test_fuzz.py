@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 
 from tests.server.gateway import start_gateway
 
@@ -30,17 +30,28 @@ def fuzz_gateway(home, tmp_path_factory):
         gw.stop()
 
 
-@pytest.fixture(scope="module")
-def api_schema(fuzz_gateway):
-    return schemathesis.openapi.from_url(f"{fuzz_gateway.url}/openapi.json")
+def _operations(url: str):
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    return [result.ok() for result in schema.get_all_operations()]
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
+def test_no_server_errors_and_schema_conformance(fuzz_gateway):
+    # One hypothesis run per operation of the gateway's own schema. (schemathesis' pytest
+    # plugin, `from_fixture`, does not run under pytest 9 yet, so the loop is written out.)
+    operations = _operations(fuzz_gateway.url)
+    assert {op.label for op in operations} >= {"POST /v1/chat/completions", "GET /v1/models"}
+    failures = []
+    for operation in operations:
 
+        @given(case=operation.as_strategy())
+        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+        def run(case):
+            response = case.call(timeout=120)
+            assert response.status_code < 500, f"{case.method} {case.path}: {response.text}"
+            case.validate_response(response)
 
-@schema.parametrize()
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
-def test_no_server_errors_and_schema_conformance(case):
-    response = case.call(timeout=120)
-    assert response.status_code < 500, response.text
-    case.validate_response(response)
+        try:
+            run()
+        except Exception as exc:  # collect every operation's failure, not just the first
+            failures.append(f"{operation.label}: {exc}")
+    assert not failures, "\n\n".join(failures)

@@ -177,7 +177,8 @@ def test_ab_sticky_split_planted_difference_and_scipy(cluster):
 
     with sqlite3.connect(db) as conn:
         rows = conn.execute(
-            "SELECT arm, latency_s, feedback FROM outcomes WHERE experiment = 'ab'"
+            "SELECT o.arm, o.latency_s, f.score FROM outcomes o"
+            " LEFT JOIN feedback f ON f.request_id = o.request_id WHERE o.experiment = 'ab'"
         ).fetchall()
     feedback = {arm: [f for a, _, f in rows if a == arm and f is not None] for arm in (BASE, W8A8)}
     latency = {arm: [x for a, x, _ in rows if a == arm] for arm in (BASE, W8A8)}

@@ -178,10 +178,10 @@ def test_failover_when_a_variant_engine_dies(served):
             body = {
                 "model": "smollm2-135m-instruct",
                 "messages": [{"role": "user", "content": f"Tell story number {i}."}],
-                "max_tokens": 24,
+                "max_tokens": 48,
                 "leanserve_policy": "cost",
             }
-            if i % 2:
+            if i % 4:
                 r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=120)
                 outcomes.append(("plain", r.status_code, False, False))
                 continue
@@ -198,7 +198,7 @@ def test_failover_when_a_variant_engine_dies(served):
             breaker_states.add(gw.engine(target)["breaker"])
             time.sleep(0.1)
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
     threads.append(threading.Thread(target=watch))
     for t in threads:
         t.start()
