@@ -23,7 +23,10 @@ from compress.recipes import QuantizeStep, Recipe, SparsifyStep, load_recipe, wi
 
 NOTES = {
     "sparsify": "vLLM has no sparse kernels for these weights today: no speed gain over the base.",
-    "fp8_dynamic": "FP8 compute needs a GPU with FP8 support (NVIDIA Ada/Hopper or newer).",
+    "fp8_dynamic": (
+        "vLLM CPU serves it (torch FP8 scaled-mm fallback, no speed gain); FP8 speed needs a "
+        "GPU with FP8 support (NVIDIA Ada/Hopper or newer)."
+    ),
 }
 
 
@@ -65,7 +68,8 @@ class BuildContext:
         """Progress of an llm-compressor run, read from its log lines naming model.layers.N.
 
         Its sequential pipeline calibrates and compresses one decoder layer at a time and
-        logs each module it compresses, so the highest layer index named is the progress.
+        logs each module it compresses (GPTQ, Wanda, SparseGPT), so the highest layer index
+        named is the progress. Modifiers that log no such lines (RTN) jump to 100 % at the end.
         """
         from loguru import logger
 
@@ -74,6 +78,10 @@ class BuildContext:
         seen = {"max": 0}
 
         def sink(message) -> None:
+            # Only the per-module work lines: other modifiers (SmoothQuant) list every layer
+            # up front, which would read as 100 % at once.
+            if not str(message).startswith(("Quantizing", "Sparsifying")):
+                return
             for match in re.finditer(r"layers\.(\d+)\.", str(message)):
                 index = int(match.group(1)) + 1
                 if index > seen["max"]:

@@ -10,11 +10,20 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 
 log = logging.getLogger("leanserve.protocol")
 
-Int = Annotated[int, Strict()]
+
+def _integer(value):
+    """JSON has one number type: 8.0 is the integer 8 (JSON Schema agrees); 8.5, "8" and true
+    are not integers."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integer), Strict()]
 Float = Annotated[float, Strict()]
 Bool = Annotated[bool, Strict()]
 Str = Annotated[str, Strict()]

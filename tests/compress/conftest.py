@@ -75,7 +75,7 @@ def tree(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
 
 
-def run_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 2400) -> subprocess.CompletedProcess:
     """`python -m compress ...` in this interpreter (the compress venv), from the repo root."""
     return subprocess.run(
         [sys.executable, "-m", "compress", *args],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.server.gateway import start_gateway
 
@@ -48,7 +49,11 @@ def test_no_server_errors_and_schema_conformance(fuzz_gateway):
         def run(case):
             response = case.call(timeout=120)
             assert response.status_code < 500, f"{case.method} {case.path}: {response.text}"
-            case.validate_response(response)
+            # The gateway rightly refuses some schema-valid requests with 400: over its limits
+            # (max_tokens, n) or over the model's context window, which no static schema can
+            # state. Every other check (status codes documented, bodies matching the schema,
+            # invalid input refused) stays on.
+            case.validate_response(response, excluded_checks=[positive_data_acceptance])
 
         try:
             run()
