@@ -1,0 +1,86 @@
+"""A client that disconnects cancels its generation in the engine (streaming or not): vLLM's
+running count drops at once instead of after the whole generation."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from server.metrics.engine_stats import parse
+
+pytestmark = pytest.mark.slow
+
+
+def _running(engine_url: str) -> float:
+    return parse(httpx.get(f"{engine_url}/metrics", timeout=10).text).get(
+        "vllm:num_requests_running", 0.0
+    )
+
+
+def _wait_running(engine_url: str, predicate, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate(_running(engine_url)):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_disconnect_cancels_generation(gateway, base_model, stream):
+    engine_url = gateway.engine(base_model)["url"]
+    assert _wait_running(engine_url, lambda n: n == 0, 30)
+    host, port = gateway.url.removeprefix("http://").split(":")
+    payload = {
+        "model": base_model,
+        "messages": [{"role": "user", "content": "Write a very long story."}],
+        "max_tokens": 1800,
+        "ignore_eos": True,
+        "stream": stream,
+    }
+    body = json.dumps(payload).encode()
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(request)
+    # 1,800 tokens take the engine over 20 s: the request is surely running after a moment.
+    assert _wait_running(engine_url, lambda n: n >= 1, 30), "the request never started"
+    time.sleep(1.0)
+    sock.close()  # the client goes away
+    started = time.monotonic()
+    assert _wait_running(engine_url, lambda n: n == 0, 10), "the engine kept generating"
+    assert time.monotonic() - started < 10
+    # And the gateway's own books are balanced.
+    metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    in_flight = [
+        line for line in metrics.splitlines() if line.startswith("leanserve_requests_in_flight{")
+    ]
+    assert all(float(line.split()[-1]) == 0 for line in in_flight), in_flight
+
+
+def test_disconnect_does_not_disturb_other_requests(gateway, base_model):
+    results = []
+
+    def ok_request():
+        body = {
+            "model": base_model,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 8,
+        }
+        results.append(
+            httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=60).status_code
+        )
+
+    threads = [threading.Thread(target=ok_request) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [200] * 4
