@@ -2,6 +2,8 @@
 
 Rounds alternate direct / gateway so that drift on a shared machine hits both alike; the
 result is the ratio of median throughputs and the difference of median times to first token.
+At 32 streams, time to first token is mostly queueing in the engine, so the gateway's own
+addition is also measured one request at a time, in direct/gateway pairs.
 
     .venv/bin/python bench/gateway_overhead.py [--rounds 4] [--concurrency 32] [--max-tokens 128]
 """
@@ -19,8 +21,32 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.loadgen import run_round  # noqa: E402
+from bench.loadgen import one_request, run_round  # noqa: E402
 from tests.server.gateway import REPO, start_gateway  # noqa: E402
+
+
+async def paired_ttft(gateway_url: str, engine_url: str, model: str, pairs: int) -> dict:
+    """What the gateway adds to time to first token, without queueing in the way: one request
+    at a time, direct and through the gateway in alternating order, paired differences."""
+    import httpx
+
+    differences = []
+    async with httpx.AsyncClient(timeout=120) as client:
+        for i in range(pairs):
+            order = (engine_url, gateway_url) if i % 2 == 0 else (gateway_url, engine_url)
+            got = {}
+            for url in order:
+                got[url] = await one_request(client, url, model, 1, i)
+            differences.append(got[gateway_url].ttft_s - got[engine_url].ttft_s)
+    differences.sort()
+    return {
+        "ttft_pairs": pairs,
+        "added_ttft_ms_median_1_stream": round(statistics.median(differences) * 1000, 2),
+        "added_ttft_ms_p25_p75": [
+            round(differences[len(differences) // 4] * 1000, 2),
+            round(differences[3 * len(differences) // 4] * 1000, 2),
+        ],
+    }
 
 
 async def measure(gateway_url: str, engine_url: str, model: str, args) -> dict:
@@ -37,6 +63,9 @@ async def measure(gateway_url: str, engine_url: str, model: str, args) -> dict:
                 f"{r.median_ttft_s * 1000:7.1f} ms  errors {r.errors}",
                 flush=True,
             )
+    paired = await paired_ttft(gateway_url, engine_url, model, args.ttft_pairs)
+    if not args.rounds:
+        return paired
     direct_tps = statistics.median(r.tokens_per_s for r in rounds["direct"])
     gateway_tps = statistics.median(r.tokens_per_s for r in rounds["gateway"])
     ttft = {k: statistics.median(x.ttft_s for r in v for x in r.results) for k, v in rounds.items()}
@@ -52,6 +81,7 @@ async def measure(gateway_url: str, engine_url: str, model: str, args) -> dict:
         "gateway_median_ttft_ms": round(ttft["gateway"] * 1000, 2),
         "added_median_ttft_ms": round((ttft["gateway"] - ttft["direct"]) * 1000, 2),
         "errors": sum(r.errors for v in rounds.values() for r in v),
+        **paired,
     }
 
 
@@ -61,6 +91,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--ttft-pairs", type=int, default=60)
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/gateway_overhead.json")
     args = parser.parse_args()
     home = Path(os.environ.get("LEANSERVE_HOME", REPO / ".leanserve"))

@@ -111,11 +111,22 @@ def main() -> None:
     parser.add_argument("--factor", type=float, default=3.0)
     parser.add_argument("--slo-ttft", type=float, default=1.0)
     parser.add_argument("--variants", nargs="+", default=["w8a8", "prune-0.25+distill"])
+    parser.add_argument(
+        "--build-args",
+        default="[]",
+        help="JSON list for LEANSERVE_BUILD_ARGS (budgets pick the variant)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/overload.json")
     args = parser.parse_args()
     home = Path(os.environ.get("LEANSERVE_HOME", REPO / ".leanserve"))
     tmp = Path(tempfile.mkdtemp())
-    result: dict = {"seconds": args.seconds, "factor": args.factor, "slo_ttft_s": args.slo_ttft}
+    result: dict = {
+        "seconds": args.seconds,
+        "factor": args.factor,
+        "slo_ttft_s": args.slo_ttft,
+        "variants_requested": args.variants,
+        "build_args": json.loads(args.build_args),
+    }
 
     gw = start_gateway(home, tmp / "base.log", extra_env={"LEANSERVE_VARIANTS": "[]"})
     try:
@@ -139,6 +150,7 @@ def main() -> None:
         "LEANSERVE_ROUTING__DEFAULT_POLICY": "slo",
         "LEANSERVE_ROUTING__SHED_LOAD": "true",
         "LEANSERVE_ROUTING__SLO__TTFT_S": str(args.slo_ttft),
+        "LEANSERVE_BUILD_ARGS": args.build_args,
     }
     gw = start_gateway(home, tmp / "slo.log", extra_env=env)
     try:

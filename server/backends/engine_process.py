@@ -115,6 +115,8 @@ class EngineProcess:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._ready = asyncio.Event()
+        self.on_down: Callable[[], None] | None = None  # called when a running engine dies
+        self.on_up: Callable[[], None] | None = None  # called each time it becomes ready
 
     @property
     def pid(self) -> int | None:
@@ -167,6 +169,8 @@ class EngineProcess:
                 await self._wait_healthy()
                 self.state = EngineState.READY
                 self._ready.set()
+                if self.on_up is not None:
+                    self.on_up()
                 log.info("engine %s ready at %s (pid %s)", self.config.name, self.url, self.pid)
                 code = await self._proc.wait()
                 self.last_error = f"engine exited with code {code}"
@@ -176,6 +180,8 @@ class EngineProcess:
             if self._stopping:
                 break
             log.warning("engine %s down: %s", self.config.name, self.last_error)
+            if self.on_down is not None:
+                self.on_down()
             self.state = EngineState.RESTARTING
             await self._terminate(grace_s=2.0)
             if time.monotonic() - run_started > self.healthy_after_s:

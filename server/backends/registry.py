@@ -32,6 +32,12 @@ class Backend:
     breaker: Breaker = field(default_factory=Breaker)
     accepting: bool = True  # False while retiring: no new requests
 
+    def __post_init__(self) -> None:
+        # An engine seen dying opens the breaker at once (no request needs to fail first); the
+        # engine answering again closes it.
+        self.engine.on_down = lambda: self.breaker.trip()
+        self.engine.on_up = lambda: self.breaker.success()
+
     @property
     def ready(self) -> bool:
         return self.engine.ready

@@ -26,6 +26,8 @@ class RemoteEngine:
         self.pid = None
         self._ready = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self.on_down = None  # called when a healthy engine stops answering
+        self.on_up = None  # called when it answers again
 
     @property
     def ready(self) -> bool:
@@ -57,6 +59,10 @@ class RemoteEngine:
                     self.last_error = None if healthy else "health check failed"
                 except httpx.HTTPError as exc:
                     healthy, self.last_error = False, f"unreachable: {type(exc).__name__}"
+                if self.ready and not healthy and self.on_down is not None:
+                    self.on_down()
+                if healthy and not self.ready and self.on_up is not None:
+                    self.on_up()
                 if healthy != self.ready:
                     log.info(
                         "remote engine %s at %s: %s",

@@ -30,6 +30,11 @@ class Breaker:
         self.consecutive = 0
         self.opened_at = None
 
+    def trip(self, now: float | None = None) -> None:
+        """Open at once: the engine is known to be down (its process exited)."""
+        self.consecutive = self.failures
+        self.opened_at = now if now is not None else time.monotonic()
+
     def failure(self, now: float | None = None) -> None:
         self.consecutive += 1
         if self.consecutive >= self.failures or self.opened_at is not None:
