@@ -8,9 +8,10 @@ VENV := .venv
 CVENV := .venv-compress
 export LEANSERVE_HOME ?= $(CURDIR)/.leanserve
 export LEANSERVE_COMPRESS_PYTHON ?= $(CURDIR)/$(CVENV)/bin/python
+export LEANSERVE_VLLM_PYTHON ?= $(CURDIR)/$(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-fast test-server test-compress test-deploy tools bench lint format venv venv-compress clean gpu-check
+.PHONY: serve test test-fast test-server test-compress test-compress-real test-deploy tools bench lint format venv venv-compress clean gpu-check
 
 venv: $(VENV)/.installed
 venv-compress: $(CVENV)/.installed
@@ -55,8 +56,15 @@ tools: venv
 test-server: venv venv-compress tools
 	$(VENV)/bin/python -m pytest tests/server $(PYTEST_ARGS)
 
+# Every algorithm on a tiny random Llama, bad input, killed builds, the JSON contract, the data.
+# Real-model builds of the default model are exercised in CI through tests/server (w8a8 and
+# prune-0.25 built on the fly, served by vLLM and routed to); every named recipe on the real
+# model is test-compress-real (long: not yet run to completion within CI's budget).
 test-compress: venv venv-compress
-	$(CVENV)/bin/python -m pytest tests/compress $(PYTEST_ARGS)
+	$(CVENV)/bin/python -m pytest tests/compress -m "not slow" $(PYTEST_ARGS)
+
+test-compress-real: venv venv-compress
+	$(CVENV)/bin/python -m pytest tests/compress -m slow $(PYTEST_ARGS)
 
 test-deploy: venv tools
 	$(VENV)/bin/python -m pytest tests/deploy $(PYTEST_ARGS)
