@@ -27,7 +27,7 @@ class EngineSettings(BaseModel):
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     max_model_len: int | None = Field(default=2048, ge=16)
     enforce_eager: bool = Field(default=True, description="Skip torch.compile: 3x faster start.")
-    start_timeout_s: float = Field(default=300, gt=0)
+    start_timeout_s: float = Field(default=900, gt=0, description="Large models load for minutes.")
     extra_args: list[str] = Field(default_factory=list, description="More vLLM CLI arguments.")
     trust_remote_code: bool = Field(
         default=False, description="Run model code shipped with a checkpoint. Off: only trust it."

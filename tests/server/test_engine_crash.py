@@ -57,7 +57,7 @@ def test_killed_engine_fails_fast_then_recovers(gateway, base_model):
     else:
         assert stream_outcome["status"] == 503
 
-    gateway.wait_ready(timeout_s=300)
+    gateway.wait_ready(timeout_s=900)
     after = gateway.engine(base_model)
     assert after["pid"] != before["pid"]
     assert after["restarts"] >= before["restarts"] + 1

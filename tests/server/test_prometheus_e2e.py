@@ -214,7 +214,7 @@ def stack(home, tmp_path_factory):
         },
     )
     try:
-        gw.wait_ready(timeout_s=300)
+        gw.wait_ready(timeout_s=900)
         prom = start_prometheus(binary, tmp / "prometheus", gw.url)
         try:
             started = time.time()
@@ -327,7 +327,7 @@ def _kill_engine_under_a_request(gw: Gateway) -> int:
     os.kill(before["pid"], signal.SIGKILL)
     thread.join(60)
     assert outcome.get("status") == 503, outcome
-    gw.wait_ready(timeout_s=300)
+    gw.wait_ready(timeout_s=900)
     after = gw.engine(BASE)
     assert after["restarts"] >= before["restarts"] + 1, (before, after)
     return after["restarts"]
