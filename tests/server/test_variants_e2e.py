@@ -252,7 +252,7 @@ def test_restart_reuses_the_store(served, home):
     try:
         again.wait_ready()
         started = time.monotonic()
-        deadline = started + 300
+        deadline = started + 900
         while time.monotonic() < deadline:
             variants = _variants(again)
             if all(v["state"] in ("ready", "failed") for v in variants.values()):
