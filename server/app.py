@@ -70,20 +70,11 @@ def build_registry(settings: Settings, prepare=None) -> Registry:
     for name, url in settings.remote_engines.items():
         registry.add(Backend(name, RemoteEngine(name, url), engine_client(url, timeout)))
     if base not in registry.backends:
-        engine = settings.engine
-        config = EngineConfig(
-            name=base,
-            model=settings.model,
-            python=engine.python,
-            host=engine.host,
-            kv_cache_gib=engine.kv_cache_gib,
-            gpu_memory_utilization=engine.gpu_memory_utilization,
-            max_model_len=engine.max_model_len,
-            enforce_eager=engine.enforce_eager,
-            extra_args=engine.extra_args,
-            trust_remote_code=engine.trust_remote_code,
+        config = EngineConfig.from_settings(
+            settings.engine,
+            base,
+            settings.model,
             log_path=settings.home / "logs" / f"engine-{base}.log",
-            start_timeout_s=engine.start_timeout_s,
             cpu_bind=cpu_core(settings, 0),
         )
         process = EngineProcess(config, prepare=prepare or (lambda: prepare_model(settings)))

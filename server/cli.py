@@ -77,12 +77,9 @@ def engine(args: argparse.Namespace) -> int:
                 return 2
             time.sleep(5)
         model = str(found)
-    e = settings.engine
-    config = EngineConfig(
-        name=name, model=model, python=e.python, host=args.host, port=args.port,
-        kv_cache_gib=e.kv_cache_gib, gpu_memory_utilization=e.gpu_memory_utilization,
-        max_model_len=e.max_model_len, enforce_eager=e.enforce_eager, extra_args=e.extra_args,
-    )  # fmt: skip
+    config = EngineConfig.from_settings(
+        settings.engine, name, model, host=args.host, port=args.port
+    )
     command = config.command(args.port)
     print("leanserve: exec", " ".join(command), file=sys.stderr, flush=True)
     os.execve(command[0], command, config.environment())

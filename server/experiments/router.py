@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from server.api_docs import ERROR_RESPONSES
 from server.auth import Admin, ApiKey
 from server.errors import APIError
+from server.experiments.service import store_unavailable
 from server.settings import ExperimentSettings
 from server.state import State
 
@@ -92,14 +93,7 @@ async def feedback(body: Feedback, state: State) -> dict:
     try:
         found = await asyncio.to_thread(store.set_feedback, body.request_id, body.score)
     except SQLAlchemyError as exc:
-        raise APIError(
-            503,
-            "The experiment database is busy or unreachable; retry shortly.",
-            "service_unavailable",
-            None,
-            "store_unavailable",
-            {"Retry-After": "2"},
-        ) from exc
+        raise store_unavailable() from exc
     # A request id not recorded (yet) is kept too: its outcome may still be on its way from
     # another gateway replica. `attached` says whether it is already joined to an outcome.
     return {"request_id": body.request_id, "score": body.score, "attached": found}

@@ -18,6 +18,17 @@ from server.settings import ExperimentSettings
 log = logging.getLogger("leanserve.experiments")
 
 
+def store_unavailable() -> APIError:
+    return APIError(
+        503,
+        "The experiment database is busy or unreachable; retry shortly.",
+        "service_unavailable",
+        None,
+        "store_unavailable",
+        {"Retry-After": "2"},
+    )
+
+
 @dataclass
 class Experiments:
     store: OutcomeStore
@@ -90,14 +101,7 @@ class Experiments:
         try:
             rows = await asyncio.to_thread(self.store.rows, name)
         except SQLAlchemyError as exc:
-            raise APIError(
-                503,
-                "The experiment database is busy or unreachable; retry shortly.",
-                "service_unavailable",
-                None,
-                "store_unavailable",
-                {"Retry-After": "2"},
-            ) from exc
+            raise store_unavailable() from exc
         arms = {a.name: a.weight for a in experiment.arms}
         return {
             "experiment": name,

@@ -240,20 +240,11 @@ class VariantManager:
         self.metrics.build_progress.labels(variant.name).set(variant.percent / 100)
 
     async def _serve(self, variant: Variant) -> None:
-        engine = self.settings.engine
-        config = EngineConfig(
-            name=variant.name,
-            model=variant.path,
-            python=engine.python,
-            host=engine.host,
-            kv_cache_gib=engine.kv_cache_gib,
-            gpu_memory_utilization=engine.gpu_memory_utilization,
-            max_model_len=engine.max_model_len,
-            enforce_eager=engine.enforce_eager,
-            extra_args=engine.extra_args,
-            trust_remote_code=engine.trust_remote_code,
+        config = EngineConfig.from_settings(
+            self.settings.engine,
+            variant.name,
+            variant.path,
             log_path=self.settings.home / "logs" / f"engine-{variant.id.replace(':', '_')}.log",
-            start_timeout_s=engine.start_timeout_s,
             cpu_bind=self.cpu_core(len(self.registry.backends)),
         )
         process = EngineProcess(config)
