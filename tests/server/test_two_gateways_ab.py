@@ -10,6 +10,7 @@ run, and its statistics agree with scipy computed straight from the outcome data
 from __future__ import annotations
 
 import json
+import os
 import random
 import sqlite3
 import subprocess
@@ -68,7 +69,7 @@ def cluster(home, tmp_path_factory):
         cmd = [sys.executable, "-m", "server", "engine", "--home", str(home), "--host", "127.0.0.1"]
         cmd += ["--port", str(port), *(["--recipe", recipe] if recipe else [])]
         log = (tmp / f"engine-{port}.log").open("w")
-        env = {"VLLM_CPU_OMP_THREADS_BIND": core, **_env()}
+        env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": core}
         engines.append(
             subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
         )
@@ -109,12 +110,6 @@ def cluster(home, tmp_path_factory):
         for proc in engines:
             proc.terminate()
             proc.wait(30)
-
-
-def _env() -> dict:
-    import os
-
-    return dict(os.environ)
 
 
 def _ask(gw, user: str) -> tuple[str, str]:
