@@ -62,20 +62,18 @@ class EngineConfig:
     @classmethod
     def from_settings(cls, engine, name: str, model: str, **more) -> EngineConfig:
         """An engine of `model` served as `name`, as `engine` (settings.engine) says."""
-        return cls(
-            name=name,
-            model=model,
-            python=engine.python,
-            host=engine.host,
-            kv_cache_gib=engine.kv_cache_gib,
-            gpu_memory_utilization=engine.gpu_memory_utilization,
-            max_model_len=engine.max_model_len,
-            enforce_eager=engine.enforce_eager,
-            extra_args=engine.extra_args,
-            trust_remote_code=engine.trust_remote_code,
-            start_timeout_s=engine.start_timeout_s,
-            **more,
-        )
+        fields = {
+            "python": engine.python,
+            "host": engine.host,
+            "kv_cache_gib": engine.kv_cache_gib,
+            "gpu_memory_utilization": engine.gpu_memory_utilization,
+            "max_model_len": engine.max_model_len,
+            "enforce_eager": engine.enforce_eager,
+            "extra_args": engine.extra_args,
+            "trust_remote_code": engine.trust_remote_code,
+            "start_timeout_s": engine.start_timeout_s,
+        }
+        return cls(name=name, model=model, **{**fields, **more})
 
     def command(self, port: int) -> list[str]:
         cmd = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model]
