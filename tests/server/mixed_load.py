@@ -17,18 +17,14 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from bench.loadgen import PROMPTS
+
 KINDS = [
     (route, stream, usage)
     for route in ("chat", "completions")
     for stream, usage in ((False, None), (True, True), (True, False))
 ]
 PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
-PROMPTS = [
-    "Write a short story about a lighthouse keeper.",
-    "Explain how a bicycle works.",
-    "Describe a walk through a forest in autumn.",
-    "What makes a good cup of tea?",
-]
 
 
 @dataclass
