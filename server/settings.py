@@ -59,7 +59,6 @@ class RoutingSettings(BaseModel):
     slo: SLOSettings = Field(default_factory=SLOSettings)
     max_attempts: int = Field(default=3, ge=1, description="Variants tried before a request fails.")
     max_in_flight: int = Field(default=256, ge=1, description="Per variant; beyond it, overloaded.")
-    engine_slots: int = Field(default=32, ge=1, description="Requests an engine batches at once.")
     shed_load: bool = Field(
         default=False,
         description="slo policy: when no variant is predicted to meet the SLO, answer 429 with "

@@ -323,6 +323,7 @@ async def _stream(call: Call, body: dict, state: AppState) -> Response:
     # Always ask the engine for usage: it is how generated tokens are counted exactly.
     body["stream_options"] = {**options, "include_usage": True}
     backend.in_flight += 1
+    ticket = backend.stats.start_waiting()
     try:
         try:
             upstream = await backend.client.send(
@@ -353,6 +354,7 @@ async def _stream(call: Call, body: dict, state: AppState) -> Response:
             raise Retryable(error, "engine_error") from exc
     finally:
         backend.in_flight -= 1
+        backend.stats.first_token(ticket)
     backend.breaker.success()
     return StreamingResponse(
         _relay(call, upstream, chunks, first, client_wants_usage, state),

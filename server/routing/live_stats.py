@@ -1,13 +1,23 @@
-"""Live latency per variant: exponentially weighted moving averages of what the gateway measures.
+"""Live latency per variant, from what the gateway measures.
 
-The latency and slo policies predict from these, not from constants: a variant under load shows
-it in its time to first token within a few requests. Queue depth is added on top, because the
-average lags while a burst is still queued.
+The latency and slo policies predict from these, not from constants. Two signals:
+- moving averages of the time to first token and per output token of finished requests; they
+  fade back toward the card's figures while a variant serves nothing, because a variant that was
+  skipped (or shed) for looking slow produces no new samples and would otherwise look slow
+  forever;
+- the age of the oldest streaming request still waiting for its first token. In a first-come
+  first-served queue a request arriving now waits about as long as the head of the queue has
+  waited so far, so this sees a backlog the moment it forms, where the averages only see it once
+  the backlogged requests are served (the sojourn-time idea of CoDel, RFC 8289).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+import time
+from dataclasses import dataclass, field
+
+_tickets = itertools.count()
 
 
 @dataclass
@@ -15,25 +25,44 @@ class LiveStats:
     ttft_s: float | None = None
     tpot_s: float | None = None
     alpha: float = 0.2  # weight of the newest sample: ~5 requests of memory
+    fade_half_life_s: float = 2.0
+    observed_at: float | None = None  # monotonic time of the last sample
+    waiting: dict[int, float] = field(default_factory=dict)  # ticket -> when it was sent
 
-    def observe(self, ttft_s: float | None, tpot_s: float | None) -> None:
+    def observe(self, ttft_s: float | None, tpot_s: float | None, now: float | None = None) -> None:
         if ttft_s is not None:
             self.ttft_s = ttft_s if self.ttft_s is None else self._mix(self.ttft_s, ttft_s)
         if tpot_s is not None:
             self.tpot_s = tpot_s if self.tpot_s is None else self._mix(self.tpot_s, tpot_s)
+        self.observed_at = time.monotonic() if now is None else now
 
     def _mix(self, old: float, new: float) -> float:
         return (1 - self.alpha) * old + self.alpha * new
 
-    def predict(
-        self, in_flight: int, prior_ttft_s: float, prior_tpot_s: float, slots: int
-    ) -> tuple[float, float]:
-        """Predicted (ttft, tpot) for one more request, given the requests in flight now.
+    def start_waiting(self, now: float | None = None) -> int:
+        """A streaming request was sent; returns the ticket to hand to first_token()."""
+        ticket = next(_tickets)
+        self.waiting[ticket] = time.monotonic() if now is None else now
+        return ticket
 
-        Beyond `slots` concurrent requests, each extra one waits for about one request's worth of
-        time to first token: the engine batches up to its slots and queues the rest.
-        """
-        ttft = self.ttft_s if self.ttft_s is not None else prior_ttft_s
-        tpot = self.tpot_s if self.tpot_s is not None else prior_tpot_s
-        queued = max(0, in_flight + 1 - slots)
-        return ttft * (1 + queued / max(slots, 1)), tpot
+    def first_token(self, ticket: int) -> None:
+        """Its first token came (or it ended without one)."""
+        self.waiting.pop(ticket, None)
+
+    def oldest_wait_s(self, now: float) -> float:
+        return max((now - t for t in self.waiting.values()), default=0.0)
+
+    def predict(
+        self, prior_ttft_s: float, prior_tpot_s: float, now: float | None = None
+    ) -> tuple[float, float]:
+        """Predicted (ttft, tpot) for one more request."""
+        now = time.monotonic() if now is None else now
+        weight = 0.0
+        if self.observed_at is not None:
+            weight = 0.5 ** ((now - self.observed_at) / self.fade_half_life_s)
+
+        def faded(average: float | None, prior: float) -> float:
+            return prior if average is None else prior + (average - prior) * weight
+
+        ttft = max(faded(self.ttft_s, prior_ttft_s), self.oldest_wait_s(now))
+        return ttft, faded(self.tpot_s, prior_tpot_s)

@@ -73,9 +73,7 @@ def prior_latency(backend: Backend) -> tuple[float, float]:
 def backend_state(backend: Backend, settings: Settings, base_tps: float | None) -> BackendState:
     usd_per_mtok_base = settings.cost.machine_usd_per_hour / ((base_tps or 1.0) * 3600) * 1e6
     prior_ttft, prior_tpot = prior_latency(backend)
-    ttft, tpot = backend.stats.predict(
-        backend.in_flight, prior_ttft, prior_tpot, settings.routing.engine_slots
-    )
+    ttft, tpot = backend.stats.predict(prior_ttft, prior_tpot)
     return BackendState(
         name=backend.name,
         quality=quality_of(backend),

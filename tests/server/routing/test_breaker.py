@@ -1,3 +1,5 @@
+import pytest
+
 from server.routing.breaker import Breaker
 from server.routing.live_stats import LiveStats
 
@@ -24,11 +26,32 @@ def test_success_resets_the_count():
     assert b.allows(now=0)
 
 
-def test_live_stats_follow_measurements_and_queue():
+def test_live_stats_follow_measurements():
     s = LiveStats(alpha=0.5)
-    assert s.predict(0, prior_ttft_s=0.3, prior_tpot_s=0.02, slots=4) == (0.3, 0.02)
-    s.observe(0.1, 0.01)
-    s.observe(0.3, 0.03)
+    assert s.predict(prior_ttft_s=0.3, prior_tpot_s=0.02, now=0) == (0.3, 0.02)
+    s.observe(0.1, 0.01, now=10)
+    s.observe(0.3, 0.03, now=10)
     assert s.ttft_s == 0.2 and s.tpot_s == 0.02
-    ttft, _ = s.predict(in_flight=7, prior_ttft_s=1, prior_tpot_s=1, slots=4)
-    assert ttft == 0.2 * (1 + 4 / 4)  # 8 requests on 4 slots: 4 wait
+    assert s.predict(prior_ttft_s=1, prior_tpot_s=1, now=10) == pytest.approx((0.2, 0.02))
+
+
+def test_averages_fade_toward_the_card_when_nothing_is_served():
+    # A variant predicted slow gets no traffic, hence no samples: without fading it would be
+    # skipped (or its requests shed) for good.
+    s = LiveStats(alpha=1.0, fade_half_life_s=2.0)
+    s.observe(5.0, 0.5, now=0)
+    ttft, tpot = s.predict(prior_ttft_s=0.1, prior_tpot_s=0.05, now=2)
+    assert ttft == 0.1 + (5.0 - 0.1) / 2 and tpot == 0.05 + (0.5 - 0.05) / 2
+    ttft, _ = s.predict(prior_ttft_s=0.1, prior_tpot_s=0.05, now=60)
+    assert ttft < 0.11
+
+
+def test_a_backlog_shows_at_once_through_the_oldest_waiting_request():
+    s = LiveStats()
+    s.observe(0.1, 0.01, now=0)
+    first = s.start_waiting(now=0)
+    s.start_waiting(now=1.0)
+    assert s.predict(0.1, 0.01, now=0.05)[0] == 0.1  # young queue: the average rules
+    assert s.predict(0.1, 0.01, now=2.5)[0] == 2.5  # the head has waited 2.5 s
+    s.first_token(first)
+    assert s.predict(0.1, 0.01, now=2.5)[0] == 1.5
