@@ -170,6 +170,13 @@ class Settings(BaseSettings):
     build_args: list[str] = Field(
         default_factory=list, description="More `compress build` arguments (e.g. smaller budgets)."
     )
+    build_speed: bool = Field(
+        default=True,
+        description=(
+            "Builds measure the variant's speed in vLLM against the base (two extra engine "
+            "starts); the cost policy prices variants by it. Off: by the size ratio instead."
+        ),
+    )
     metrics_enabled: bool = Field(
         default=True, description="Off: /metrics serves nothing and requests update no series."
     )

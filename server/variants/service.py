@@ -198,6 +198,8 @@ class VariantManager:
             "--base", base, "--recipe", variant.recipe, "--store", str(store),
             "--progress-json", "--no-bars", *self.settings.build_args,
         ]  # fmt: skip
+        if self.settings.build_speed:
+            cmd += ["--speed", "--vllm-python", self.settings.engine.python]
         log_path = self.settings.home / "logs" / f"build-{variant.id.replace(':', '_')}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as stderr:

@@ -38,6 +38,7 @@ def test_disk_full_during_a_build(small_store, tmp_path):
     env = {
         "LEANSERVE_VARIANTS": json.dumps(["prune-0.25"]),
         "LEANSERVE_BUILD_ARGS": json.dumps(SMALL_BUILD),
+        "LEANSERVE_BUILD_SPEED": "false",  # CI time: cost falls back to the size ratio
     }
     gw = start_gateway(small_store, tmp_path / "gateway.log", extra_env=env)
     try:

@@ -47,6 +47,7 @@ def _start(home, tmp_path, name: str):
     env = {
         "LEANSERVE_VARIANTS": json.dumps(["w8a8", "prune-0.25"]),
         "LEANSERVE_BUILD_ARGS": json.dumps(SMALL_BUILD),
+        "LEANSERVE_BUILD_SPEED": "false",  # CI time: cost falls back to the size ratio
         "LEANSERVE_ROUTING__QUALITY_FLOOR": str(FLOOR),
         "LEANSERVE_AUTH__ADMIN_KEY": ADMIN,
         "LEANSERVE_ROUTING__BREAKER_COOLDOWN_S": "5",
