@@ -3,9 +3,10 @@
 The base is the teacher and stays frozen. The loss is the KL divergence between the two
 next-token distributions at every position of windows of the calibration text, forward
 KL(teacher || student) (mean-seeking, the usual choice for healing) or reverse
-KL(student || teacher). Training stops at the first exhausted budget: wall-clock seconds or
-tokens. The learning rate warms up, then follows a cosine over the budget spent, so a short
-budget still ends on a small step.
+KL(student || teacher), plus, when the recipe gives it a weight, the cross-entropy on the
+text's own next tokens (Hinton et al.'s soft + hard targets). Training stops at the first
+exhausted budget: wall-clock seconds or tokens. The learning rate warms up, then follows a
+cosine over the budget spent, so a short budget still ends on a small step.
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ def kl_divergence(
     else:
         per_token = (s.exp() * (s - t)).sum(-1)
     return per_token.mean() * temperature**2
+
+
+def hard_label_loss(student_logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of each position's prediction against the next token of the text."""
+    logits = student_logits[:, :-1].float()
+    return nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)
+    )
 
 
 def learning_rate(base_lr: float, step: int, warmup: int, spent: float) -> float:
@@ -99,6 +108,8 @@ def apply(step: DistillStep, student, tokenizer, ctx: BuildContext):
                 teacher_logits = teacher(batch, use_cache=False).logits
             student_logits = student(batch, use_cache=False).logits
         loss = kl_divergence(student_logits, teacher_logits, step.direction, step.temperature)
+        if step.hard_label_weight:
+            loss = loss + step.hard_label_weight * hard_label_loss(student_logits, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)

@@ -187,12 +187,16 @@ class DistillStep(Strict):
     lr: float = Field(1e-4, gt=0)
     warmup_steps: int = Field(10, ge=0)
     train_embeddings: bool = False  # the tied 49k x 576 table is a third of this model
+    # Hinton et al.'s mix: this weight times the cross-entropy on the text's own next tokens,
+    # added to the KL term. 0 is pure distillation.
+    hard_label_weight: float = Field(0.0, ge=0)
 
     def check(self, shape: ModelShape) -> DistillStep:
         return self
 
     def tag(self) -> str:
-        return "distill" if self.direction == "forward" else "distill-rkl"
+        tag = "distill" if self.direction == "forward" else "distill-rkl"
+        return f"{tag}-ce{self.hard_label_weight:g}" if self.hard_label_weight else tag
 
     def apply(self, model, tokenizer, ctx) -> Any:
         from compress import distill

@@ -24,6 +24,17 @@ def test_kl_is_zero_for_equal_logits_and_positive_otherwise():
     )
 
 
+def test_hard_label_loss_is_the_next_token_cross_entropy():
+    tokens = torch.tensor([[1, 2, 3]])
+    logits = torch.full((1, 3, 4), -1e4)
+    logits[0, 0, 2] = logits[0, 1, 3] = 0.0  # certain of the right next tokens
+    assert distill.hard_label_loss(logits, tokens).item() == pytest.approx(0.0, abs=1e-6)
+    logits[0, 1] = 0.0  # uniform over 4 tokens at the second position
+    assert distill.hard_label_loss(logits, tokens).item() == pytest.approx(
+        torch.log(torch.tensor(4.0)).item() / 2
+    )
+
+
 def test_learning_rate_warms_up_then_decays_to_zero():
     lrs = [distill.learning_rate(1.0, s, 4, s / 10) for s in range(11)]
     assert lrs[0] == 0.25 and lrs[3] == 1.0
