@@ -27,6 +27,13 @@ if TYPE_CHECKING:
     from compress.recipes import DistillStep
 
 
+def _kl(s: torch.Tensor, t: torch.Tensor, direction: str) -> torch.Tensor:
+    """Per-token KL from student and teacher log-probabilities."""
+    if direction == "forward":
+        return (t.exp() * (t - s)).sum(-1)
+    return (s.exp() * (s - t)).sum(-1)
+
+
 def kl_divergence(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -36,19 +43,28 @@ def kl_divergence(
     """Mean per-token KL between softened distributions, scaled by T^2 (Hinton et al.)."""
     s = nn.functional.log_softmax(student_logits.float() / temperature, dim=-1)
     t = nn.functional.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    if direction == "forward":
-        per_token = (t.exp() * (t - s)).sum(-1)
-    else:
-        per_token = (s.exp() * (s - t)).sum(-1)
-    return per_token.mean() * temperature**2
+    return _kl(s, t, direction).mean() * temperature**2
 
 
-def hard_label_loss(student_logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of each position's prediction against the next token of the text."""
-    logits = student_logits[:, :-1].float()
-    return nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)
-    )
+def hard_label_loss(student_logp: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of each position's log-probabilities against the text's next token."""
+    picked = student_logp[:, :-1].gather(-1, tokens[:, 1:, None])
+    return -picked.mean()
+
+
+def distill_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, tokens: torch.Tensor, step
+) -> torch.Tensor:
+    """The step's KL term plus its weighted hard-label term. The student's log-softmax over the
+    49k vocabulary is the costly part on a CPU, so both terms share it at temperature 1."""
+    temp = step.temperature
+    s = nn.functional.log_softmax(student_logits.float() / temp, dim=-1)
+    t = nn.functional.log_softmax(teacher_logits.float() / temp, dim=-1)
+    loss = _kl(s, t, step.direction).mean() * temp**2
+    if step.hard_label_weight:
+        logp = s if temp == 1 else nn.functional.log_softmax(student_logits.float(), dim=-1)
+        loss = loss + step.hard_label_weight * hard_label_loss(logp, tokens)
+    return loss
 
 
 def learning_rate(base_lr: float, step: int, warmup: int, spent: float) -> float:
@@ -107,9 +123,7 @@ def apply(step: DistillStep, student, tokenizer, ctx: BuildContext):
             with torch.no_grad():
                 teacher_logits = teacher(batch, use_cache=False).logits
             student_logits = student(batch, use_cache=False).logits
-        loss = kl_divergence(student_logits, teacher_logits, step.direction, step.temperature)
-        if step.hard_label_weight:
-            loss = loss + step.hard_label_weight * hard_label_loss(student_logits, batch)
+        loss = distill_loss(student_logits, teacher_logits, batch, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)

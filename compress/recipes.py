@@ -195,8 +195,7 @@ class DistillStep(Strict):
         return self
 
     def tag(self) -> str:
-        tag = "distill" if self.direction == "forward" else "distill-rkl"
-        return f"{tag}-ce{self.hard_label_weight:g}" if self.hard_label_weight else tag
+        return "distill" if self.direction == "forward" else "distill-rkl"
 
     def apply(self, model, tokenizer, ctx) -> Any:
         from compress import distill

@@ -28,11 +28,24 @@ def test_hard_label_loss_is_the_next_token_cross_entropy():
     tokens = torch.tensor([[1, 2, 3]])
     logits = torch.full((1, 3, 4), -1e4)
     logits[0, 0, 2] = logits[0, 1, 3] = 0.0  # certain of the right next tokens
-    assert distill.hard_label_loss(logits, tokens).item() == pytest.approx(0.0, abs=1e-6)
+    logp = torch.log_softmax(logits, -1)
+    assert distill.hard_label_loss(logp, tokens).item() == pytest.approx(0.0, abs=1e-6)
     logits[0, 1] = 0.0  # uniform over 4 tokens at the second position
-    assert distill.hard_label_loss(logits, tokens).item() == pytest.approx(
+    logp = torch.log_softmax(logits, -1)
+    assert distill.hard_label_loss(logp, tokens).item() == pytest.approx(
         torch.log(torch.tensor(4.0)).item() / 2
     )
+
+
+def test_distill_loss_is_kl_plus_the_weighted_hard_label_term():
+    student, teacher = torch.randn(2, 6, 11), torch.randn(2, 6, 11)
+    tokens = torch.randint(0, 11, (2, 6))
+    kl = distill.kl_divergence(student, teacher)
+    ce = distill.hard_label_loss(torch.log_softmax(student, -1), tokens)
+    pure = distill.distill_loss(student, teacher, tokens, DistillStep())
+    mixed = distill.distill_loss(student, teacher, tokens, DistillStep(hard_label_weight=0.5))
+    assert pure.item() == pytest.approx(kl.item())
+    assert mixed.item() == pytest.approx(kl.item() + 0.5 * ce.item())
 
 
 def test_learning_rate_warms_up_then_decays_to_zero():
