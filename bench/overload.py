@@ -62,13 +62,17 @@ async def open_loop(url: str, model: str, rate: float, seconds: float, slo_ttft:
                 status = -1
             results.append({"status": status, "ttft_s": ttft, "variant": variant})
 
+        # Arrival times are fixed in advance (Poisson), and every arrival that is due is sent
+        # at once: a busy event loop sends late, not fewer, so both phases offer the same load.
         tasks = []
         started = time.perf_counter()
+        due = 0.0
         i = 0
-        while time.perf_counter() - started < seconds:
+        while due < seconds:
+            await asyncio.sleep(max(0.0, due - (time.perf_counter() - started)))
             tasks.append(asyncio.create_task(one(i)))
             i += 1
-            await asyncio.sleep(rng.expovariate(rate))
+            due += rng.expovariate(rate)
         await asyncio.wait(tasks, timeout=180)
     ok = [r for r in results if r["status"] == 200 and r["ttft_s"] is not None]
     ttfts = sorted(r["ttft_s"] for r in ok)

@@ -47,6 +47,7 @@ class Call:
     plan: routing.RoutePlan
     user: str | None = None
     first_token_at: float | None = None
+    last_event_at: float | None = None  # streams: when the previous event was relayed
 
 
 @dataclass
@@ -385,8 +386,13 @@ async def _relay(
         out = []
         while (end := pending.find(b"\n\n")) >= 0:
             event, pending = pending[: end + 2], pending[end + 2 :]
+            now = time.perf_counter()
             if call.first_token_at is None:
-                call.first_token_at = time.perf_counter()
+                call.first_token_at = now
+            if b'"choices":[{' in event:  # a token, not the usage chunk or [DONE]
+                if call.last_event_at is not None:
+                    backend.stats.observe_token_gap(now - call.last_event_at)
+                call.last_event_at = now
             if b'"finish_reason":"' in event:
                 finish = json.loads(event[event.index(b"{") :])["choices"][0].get("finish_reason")
             if b'"usage":{' in event:
@@ -462,6 +468,7 @@ def _finish(
     if outcome.ttft_s is not None:
         metrics.ttft_seconds.labels(backend.name).observe(outcome.ttft_s)
     if error is None:
-        backend.stats.observe(outcome.ttft_s, tpot)
+        # A stream's time per output token was already observed event by event.
+        backend.stats.observe(outcome.ttft_s, None if call.last_event_at else tpot)
     if call.plan.experiment and record:
         state.experiments.record(outcome)

@@ -1,10 +1,11 @@
 """Live latency per variant, from what the gateway measures.
 
-The latency and slo policies predict from these, not from constants. Two signals:
-- moving averages of the time to first token and per output token of finished requests; they
-  fade back toward the card's figures while a variant serves nothing, because a variant that was
-  skipped (or shed) for looking slow produces no new samples and would otherwise look slow
-  forever;
+The latency and slo policies predict from these, not from constants. Three signals:
+- the time per output token, a moving average of the gaps between a stream's events, updated as
+  they are relayed (non-streamed requests add their mean when they finish);
+- a moving average of the time to first token of finished requests. Both averages fade back
+  toward the card's figures while a variant serves nothing, because a variant that was skipped
+  (or shed) for looking slow produces no new samples and would otherwise look slow forever;
 - the age of the oldest streaming request still waiting for its first token. In a first-come
   first-served queue a request arriving now waits about as long as the head of the queue has
   waited so far, so this sees a backlog the moment it forms, where the averages only see it once
@@ -25,6 +26,7 @@ class LiveStats:
     ttft_s: float | None = None
     tpot_s: float | None = None
     alpha: float = 0.2  # weight of the newest sample: ~5 requests of memory
+    gap_alpha: float = 0.05  # per event: dozens of events a second under load
     fade_half_life_s: float = 2.0
     observed_at: float | None = None  # monotonic time of the last sample
     waiting: dict[int, float] = field(default_factory=dict)  # ticket -> when it was sent
@@ -34,6 +36,16 @@ class LiveStats:
             self.ttft_s = ttft_s if self.ttft_s is None else self._mix(self.ttft_s, ttft_s)
         if tpot_s is not None:
             self.tpot_s = tpot_s if self.tpot_s is None else self._mix(self.tpot_s, tpot_s)
+        self.observed_at = time.monotonic() if now is None else now
+
+    def observe_token_gap(self, gap_s: float, now: float | None = None) -> None:
+        """The time between two events of one stream: the engine's step time as it is now.
+
+        Streams report it every token, so a slowing engine (a batch growing past what the
+        machine can keep up with) shows within a step, long before those streams finish.
+        """
+        w = self.gap_alpha
+        self.tpot_s = gap_s if self.tpot_s is None else (1 - w) * self.tpot_s + w * gap_s
         self.observed_at = time.monotonic() if now is None else now
 
     def _mix(self, old: float, new: float) -> float:

@@ -55,3 +55,11 @@ def test_a_backlog_shows_at_once_through_the_oldest_waiting_request():
     assert s.predict(0.1, 0.01, now=2.5)[0] == 2.5  # the head has waited 2.5 s
     s.first_token(first)
     assert s.predict(0.1, 0.01, now=2.5)[0] == 1.5
+
+
+def test_token_gaps_move_the_time_per_output_token_at_once():
+    s = LiveStats(gap_alpha=0.5)
+    s.observe(0.1, 0.02, now=0)
+    s.observe_token_gap(0.5, now=1)
+    s.observe_token_gap(0.5, now=1)
+    assert s.predict(0.1, 0.02, now=1)[1] == pytest.approx(0.02 * 0.25 + 0.5 * 0.75)
