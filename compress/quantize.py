@@ -32,7 +32,7 @@ def config_groups(step: QuantizeStep) -> dict | None:
     groups: dict[str, dict] = {}
     if step.int8_targets:
         # Mixed precision: the named Linears keep 8-bit per-channel weights; they are the
-        # ones whose 4-bit error hurts most (measured in bench/compress_w4a16_search.py).
+        # ones whose 4-bit error is largest (GPTQ reports it per module).
         groups["int8"] = {
             "targets": list(step.int8_targets),
             "weights": weight_args(8, None, True),
