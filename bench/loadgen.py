@@ -99,3 +99,18 @@ async def run_round(
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - started
     return Round(label, wall, results)
+
+
+def paired_ratio(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Mean of the per-round ratios a[i] / b[i] and its 95 % t-interval (low, high).
+
+    Round i of each arm ran back to back, so slow drift of a shared machine cancels in the ratio.
+    """
+    from scipy import stats
+
+    ratios = [x / y for x, y in zip(a, b, strict=True)]
+    mean = statistics.fmean(ratios)
+    if len(ratios) < 2:
+        return mean, float("nan"), float("nan")
+    half = stats.t.ppf(0.975, len(ratios) - 1) * statistics.stdev(ratios) / len(ratios) ** 0.5
+    return mean, mean - half, mean + half

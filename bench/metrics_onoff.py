@@ -29,41 +29,14 @@ from pathlib import Path
 import httpx
 import psutil
 import yaml
-from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.loadgen import run_round  # noqa: E402
-from tests.server.gateway import REPO, free_port, start_gateway  # noqa: E402
+from bench.loadgen import paired_ratio, run_round  # noqa: E402
+from tests.server.gateway import REPO, start_engine, start_gateway, wait_health  # noqa: E402
 from tests.server.promserver import prometheus_binary, start_prometheus  # noqa: E402
 
 BASE = "smollm2-135m-instruct"
-
-
-def start_engine(home: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "server", "engine", "--home", str(home)]
-    cmd += ["--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"engine exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError("engine did not start")
-
-
-def paired_ratio(on: list[float], off: list[float]) -> tuple[float, float, float]:
-    ratios = [a / b for a, b in zip(on, off, strict=True)]
-    mean = statistics.fmean(ratios)
-    half = stats.t.ppf(0.975, len(ratios) - 1) * statistics.stdev(ratios) / len(ratios) ** 0.5
-    return mean, mean - half, mean + half
 
 
 def main() -> None:
@@ -83,6 +56,7 @@ def main() -> None:
     )  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="metrics_onoff-"))
     engine, url = start_engine(home, work / "engine.log")
+    wait_health(url, engine, timeout_s=900)
     gateways, prom = {}, None
     try:
         for label, enabled in (("on", True), ("off", False)):

@@ -34,11 +34,10 @@ from pathlib import Path
 
 import httpx
 import psutil
-from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.loadgen import run_round  # noqa: E402
+from bench.loadgen import paired_ratio, run_round  # noqa: E402
 from server.metrics.registry import Metrics  # noqa: E402
 from tests.server.gateway import REPO, start_gateway  # noqa: E402
 from tests.server.promserver import (  # noqa: E402
@@ -156,17 +155,8 @@ def measure(gateway, model: str, binary: Path, workdir: Path, args) -> dict:
     finally:
         prom.stop()
     tps = {k: statistics.median(r.tokens_per_s for r in v) for k, v in rounds.items()}
-    # Paired: round i's scraped run against round i's unscraped run, which ran back to back,
-    # so slow drift of the shared machine cancels; mean and a 95 % t-interval of the ratios.
-    paired = [
-        s.tokens_per_s / u.tokens_per_s
-        for s, u in zip(rounds["scraped"], rounds["unscraped"], strict=True)
-    ]
-    mean = statistics.fmean(paired)
-    half = (
-        stats.t.ppf(0.975, len(paired) - 1) * statistics.stdev(paired) / len(paired) ** 0.5
-        if len(paired) > 1
-        else float("nan")
+    mean, low, high = paired_ratio(
+        [r.tokens_per_s for r in rounds["scraped"]], [r.tokens_per_s for r in rounds["unscraped"]]
     )
     requests = args.requests
     # The CPU the scrapes add per round (gateway, Prometheus), as a share of the CPU the
@@ -192,7 +182,7 @@ def measure(gateway, model: str, binary: Path, workdir: Path, args) -> dict:
         "unscraped_tokens_per_s": round(tps["unscraped"], 1),
         "throughput_ratio_scraped_over_unscraped": round(tps["scraped"] / tps["unscraped"], 4),
         "paired_ratio_mean": round(mean, 4),
-        "paired_ratio_95ci": [round(mean - half, 4), round(mean + half, 4)],
+        "paired_ratio_95ci": [round(low, 4), round(high, 4)],
         "scraped_rounds_tokens_per_s": [round(r.tokens_per_s, 1) for r in rounds["scraped"]],
         "unscraped_rounds_tokens_per_s": [round(r.tokens_per_s, 1) for r in rounds["unscraped"]],
         "scrapes_per_scraped_round": scrapes,

@@ -21,6 +21,10 @@ from dataclasses import dataclass, field
 _tickets = itertools.count()
 
 
+def _ewma(average: float | None, sample: float, alpha: float) -> float:
+    return sample if average is None else (1 - alpha) * average + alpha * sample
+
+
 @dataclass
 class LiveStats:
     ttft_s: float | None = None
@@ -33,9 +37,9 @@ class LiveStats:
 
     def observe(self, ttft_s: float | None, tpot_s: float | None, now: float | None = None) -> None:
         if ttft_s is not None:
-            self.ttft_s = ttft_s if self.ttft_s is None else self._mix(self.ttft_s, ttft_s)
+            self.ttft_s = _ewma(self.ttft_s, ttft_s, self.alpha)
         if tpot_s is not None:
-            self.tpot_s = tpot_s if self.tpot_s is None else self._mix(self.tpot_s, tpot_s)
+            self.tpot_s = _ewma(self.tpot_s, tpot_s, self.alpha)
         self.observed_at = time.monotonic() if now is None else now
 
     def observe_token_gap(self, gap_s: float, now: float | None = None) -> None:
@@ -44,12 +48,8 @@ class LiveStats:
         Streams report it every token, so a slowing engine (a batch growing past what the
         machine can keep up with) shows within a step, long before those streams finish.
         """
-        w = self.gap_alpha
-        self.tpot_s = gap_s if self.tpot_s is None else (1 - w) * self.tpot_s + w * gap_s
+        self.tpot_s = _ewma(self.tpot_s, gap_s, self.gap_alpha)
         self.observed_at = time.monotonic() if now is None else now
-
-    def _mix(self, old: float, new: float) -> float:
-        return (1 - self.alpha) * old + self.alpha * new
 
     def start_waiting(self, now: float | None = None) -> int:
         """A streaming request was sent; returns the ticket to hand to first_token()."""

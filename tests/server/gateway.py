@@ -1,4 +1,5 @@
-"""Start a real `leanserve serve` in a child process for end-to-end tests and benchmarks."""
+"""Start a real `leanserve serve` (or `leanserve engine`) in a child process for end-to-end tests
+and benchmarks."""
 
 from __future__ import annotations
 
@@ -86,3 +87,33 @@ def start_gateway(
         stderr=subprocess.STDOUT,
     )
     return Gateway(proc, f"http://127.0.0.1:{port}", log_path)
+
+
+def start_engine(
+    home: Path, log_path: Path, recipe: str | None = None, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """`leanserve engine` on a free port (the engine pods' command); returns (process, URL)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "server", "engine", "--home", str(home), "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), *(["--recipe", recipe] if recipe else [])]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(extra_env or {})},
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_health(url: str, proc: subprocess.Popen, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"engine for {url} exited"
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(url)

@@ -10,12 +10,10 @@ run, and its statistics agree with scipy computed straight from the outcome data
 from __future__ import annotations
 
 import json
-import os
 import random
 import sqlite3
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -23,7 +21,7 @@ import pytest
 import yaml
 from scipy import stats as sps
 
-from tests.server.gateway import REPO, free_port, start_gateway
+from tests.server.gateway import REPO, start_engine, start_gateway, wait_health
 from tests.server.test_variants_e2e import SMALL_BUILD
 
 pytestmark = pytest.mark.slow
@@ -33,19 +31,6 @@ W8A8 = f"{BASE}:w8a8"
 ADMIN = "ab-admin"
 USERS = 1000
 PLANTED = 0.3  # feedback points the treatment arm gets on top of the control's
-
-
-def _wait_health(url: str, proc: subprocess.Popen, timeout_s: float = 600) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"engine for {url} exited"
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(url)
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +50,9 @@ def cluster(home, tmp_path_factory):
     )  # fmt: skip
     engines, urls = [], {}
     for name, recipe, core in ((BASE, None, "0"), (W8A8, "w8a8", "1")):
-        port = free_port()
-        cmd = [sys.executable, "-m", "server", "engine", "--home", str(home), "--host", "127.0.0.1"]
-        cmd += ["--port", str(port), *(["--recipe", recipe] if recipe else [])]
-        log = (tmp / f"engine-{port}.log").open("w")
-        env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": core}
-        engines.append(
-            subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-        )
-        urls[name] = f"http://127.0.0.1:{port}"
+        log = tmp / f"engine-{core}.log"
+        proc, urls[name] = start_engine(home, log, recipe, {"VLLM_CPU_OMP_THREADS_BIND": core})
+        engines.append(proc)
     config = {
         "variants": [],
         "remote_engines": urls,
@@ -95,7 +74,7 @@ def cluster(home, tmp_path_factory):
     gateways = []
     try:
         for proc, url in zip(engines, urls.values(), strict=True):
-            _wait_health(url, proc)
+            wait_health(url, proc)
         for i in range(2):
             gw = start_gateway(
                 home, tmp / f"gateway{i}.log", args=["--config", str(tmp / "config.yaml")]
