@@ -306,24 +306,37 @@ def _fail_builds(gw: Gateway, prom: Prometheus) -> None:
         prom.wait_scrape_after(time.time())
 
 
+def _engine_running(url: str) -> float:
+    """Requests the vLLM engine itself is generating for (its own /metrics)."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith("vllm:num_requests_running"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def _kill_engine_under_a_request(gw: Gateway) -> int:
     """SIGKILL the engine while a non-streaming request runs on it: that request fails before
     its first byte (a fallback, then a 503), and the gateway restarts the engine."""
     outcome: dict = {}
+    t0 = time.monotonic()
 
     def long_request() -> None:
-        body = {"model": BASE, "prompt": "Once upon a time", "max_tokens": 1000, "ignore_eos": True}
+        body = {"model": BASE, "prompt": "Once upon a time", "max_tokens": 2000, "ignore_eos": True}
         outcome["status"] = httpx.post(
             f"{gw.url}/v1/completions", json=body, timeout=120
         ).status_code
+        outcome["answered_after_s"] = round(time.monotonic() - t0, 2)
 
     before = gw.engine(BASE)
     thread = threading.Thread(target=long_request)
     thread.start()
+    # Kill once the engine itself is generating the request, not after a guessed delay: a
+    # request that has already finished cannot fail.
     deadline = time.monotonic() + 30
-    while gw.engine(BASE)["in_flight"] < 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(0.5)  # the engine is generating
+    while _engine_running(before["url"]) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    outcome["killed_after_s"] = round(time.monotonic() - t0, 2)
     os.kill(before["pid"], signal.SIGKILL)
     thread.join(60)
     assert outcome.get("status") == 503, outcome
