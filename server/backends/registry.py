@@ -11,6 +11,7 @@ import httpx
 from server.backends.engine_process import EngineProcess
 from server.backends.remote_engine import RemoteEngine
 from server.errors import model_not_found
+from server.routing.admission import ConcurrencyLimit
 from server.routing.breaker import Breaker
 from server.routing.live_stats import LiveStats
 
@@ -30,6 +31,7 @@ class Backend:
     variant: str | None = None  # recipe name; None for the base
     stats: LiveStats = field(default_factory=LiveStats)
     breaker: Breaker = field(default_factory=Breaker)
+    admission: ConcurrencyLimit = field(default_factory=ConcurrencyLimit)  # for the slo policy
     accepting: bool = True  # False while retiring: no new requests
 
     def __post_init__(self) -> None:

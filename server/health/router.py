@@ -31,6 +31,7 @@ async def ready(state: State) -> JSONResponse:
             "restarts": b.engine.restarts,
             "breaker": "open" if b.breaker.open else "closed",
             "in_flight": b.in_flight,
+            "concurrency_limit": int(b.admission.limit),
             "error": b.engine.last_error,
         }
         for name, b in state.registry.backends.items()

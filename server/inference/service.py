@@ -325,6 +325,7 @@ async def _stream(call: Call, body: dict, state: AppState) -> Response:
     body["stream_options"] = {**options, "include_usage": True}
     backend.in_flight += 1
     ticket = backend.stats.start_waiting()
+    sent_at = time.monotonic()
     try:
         try:
             upstream = await backend.client.send(
@@ -353,6 +354,12 @@ async def _stream(call: Call, body: dict, state: AppState) -> Response:
             metrics.requests.labels(backend.name, call.route, "502").inc()
             error = APIError(502, "The engine broke before its first token.", "server_error")
             raise Retryable(error, "engine_error") from exc
+        backend.admission.observe(
+            time.monotonic() - sent_at,
+            sent_at,
+            backend.in_flight,
+            state.settings.routing.slo.ttft_s,
+        )
     finally:
         backend.in_flight -= 1
         backend.stats.first_token(ticket)

@@ -28,6 +28,7 @@ class BackendState:
     ttft_s: float  # predicted time to first token (live moving average, adjusted for queue)
     tpot_s: float  # predicted time per output token
     relative_cost: float = 1.0  # cost per token against the base's
+    at_limit: bool = False  # as many requests in flight as its learned concurrency limit
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def latency(states: list[BackendState], goals: RoutingGoals) -> Decision:
 
 def slo(states: list[BackendState], goals: RoutingGoals) -> Decision:
     def meets(s: BackendState) -> bool:
-        return s.ttft_s <= goals.slo_ttft_s and s.tpot_s <= goals.slo_tpot_s
+        return not s.at_limit and s.ttft_s <= goals.slo_ttft_s and s.tpot_s <= goals.slo_tpot_s
 
     good = sorted(
         (s for s in states if meets(s) and s.quality >= goals.quality_floor),

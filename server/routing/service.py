@@ -81,6 +81,7 @@ def backend_state(backend: Backend, settings: Settings, base_tps: float | None) 
         ttft_s=ttft,
         tpot_s=tpot,
         relative_cost=1.0 / speedup_of(backend),
+        at_limit=not backend.admission.allows(backend.in_flight),
     )
 
 
@@ -149,7 +150,8 @@ def plan(
     if decision.code == "slo_fastest" and settings.routing.shed_load and arm is None:
         raise APIError(
             429,
-            "Every variant is predicted to miss the latency SLO now; retry shortly.",
+            "Every variant is at its concurrency limit or predicted to miss the latency SLO "
+            "now; retry shortly.",
             "rate_limit_error",
             None,
             "overloaded",

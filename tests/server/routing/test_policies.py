@@ -53,3 +53,17 @@ def test_slo_when_none_meets_it_takes_the_fastest():
     b = BackendState("b", 0.95, 2.0, ttft_s=2.0, tpot_s=0.02)
     decision = slo([a, b], GOALS)
     assert decision.ranked == ["b", "a"] and decision.code == "slo_fastest"
+
+
+def test_slo_skips_a_variant_at_its_concurrency_limit():
+    full = BackendState("base:w8a8", 0.95, 3.3, ttft_s=0.18, tpot_s=0.017, at_limit=True)
+    decision = slo([BASE, full], GOALS)
+    assert decision.ranked[0] == "base" and decision.code == "meets_slo"
+
+
+def test_slo_with_every_variant_at_its_limit_meets_nothing():
+    full = [
+        BackendState(s.name, s.quality, s.cost_per_mtok, s.ttft_s, s.tpot_s, at_limit=True)
+        for s in (BASE, W8A8)
+    ]
+    assert slo(full, GOALS).code == "slo_fastest"  # the gateway sheds on this (shed_load)
