@@ -7,6 +7,8 @@ checkpoint that vLLM loads (CPUInt8ScaledMM for w8a8, CPUWNA16 for w4a16 on CPU)
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from compress import texts
@@ -94,6 +96,26 @@ def apply(step: QuantizeStep, model, tokenizer, ctx: BuildContext):
             shuffle_calibration_samples=False,
         )
     ctx.progress.log(f"quantize: {step.tag()} with llm-compressor ({step.algorithm})")
-    with ctx.layer_progress(model):
+    with ctx.layer_progress(model), _no_pinned_memory_without_accelerator():
         model = oneshot(model=model, recipe=modifiers(step), **kwargs)
     return model
+
+
+@contextlib.contextmanager
+def _no_pinned_memory_without_accelerator() -> Iterator[None]:
+    """llm-compressor 0.14's AWQ pins its cached activations (for faster copies to a GPU)
+    without checking that there is one; on a CPU-only machine torch then raises "Cannot access
+    accelerator device". Pinning only speeds up host-to-device copies, so without an
+    accelerator skipping it changes nothing else."""
+    import torch
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    if torch.accelerator.is_available():
+        yield
+        return
+    original = IntermediatesCache.pin_memory
+    IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
+    try:
+        yield
+    finally:
+        IntermediatesCache.pin_memory = original

@@ -8,7 +8,7 @@ Names compose with "+": `prune-0.25+distill+w8a8` is the chain of the named reci
 `prune-0.25`, `distill` and `w8a8`. Named recipes:
 
     w8a8            SmoothQuant + GPTQ, int8 weights (per channel) and int8 dynamic activations
-    w4a16           GPTQ int4 weights, group size that divides every Linear input width
+    w4a16           AWQ + GPTQ int4 weights with zero points, groups of 32
     fp8             FP8 weights (per channel) and FP8 dynamic activations, no calibration
     prune-<f>       drop round(f * layers) decoder layers by block influence (ShortGPT)
     prune-<f>-angular  the same, by angular distance (Gromov et al.): one contiguous block

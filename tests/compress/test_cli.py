@@ -86,7 +86,7 @@ def test_progress_json_contract(tiny_base, store):
     assert progress and all(0 <= e["percent"] <= 100 for e in progress)
     assert all(set(e) >= {"stage", "percent", "eta_s", "overall_percent"} for e in progress)
     done = events[-1]
-    assert done["variant"] == "tiny-llama-w4a16-g64"
+    assert done["variant"] == "tiny-llama-w4a16-g32-awq-asym"
     assert done["skipped"] is False
     assert store_mod.is_complete(REPO / done["path"])
     card = done["card"]
@@ -106,7 +106,7 @@ def test_progress_json_contract(tiny_base, store):
     rep = run_cli("report", "--store", str(store))
     assert rep.returncode == 0, rep.stderr
     paths = json.loads(rep.stdout.splitlines()[0])
-    assert "tiny-llama-w4a16-g64" in Path(paths["markdown"]).read_text()
+    assert "tiny-llama-w4a16-g32-awq-asym" in Path(paths["markdown"]).read_text()
 
 
 def start_slow_build(tiny_base, store) -> subprocess.Popen:
