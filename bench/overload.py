@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -51,6 +52,7 @@ async def open_loop(url: str, model: str, rate: float, seconds: float, slo_ttft:
                 "stream": True,
             }
             started = time.perf_counter()
+            at = started - t0
             ttft, status, variant = None, 0, None
             try:
                 async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
@@ -60,21 +62,41 @@ async def open_loop(url: str, model: str, rate: float, seconds: float, slo_ttft:
                             ttft = time.perf_counter() - started
             except httpx.HTTPError:
                 status = -1
-            results.append({"status": status, "ttft_s": ttft, "variant": variant})
+            results.append({"status": status, "ttft_s": ttft, "variant": variant, "at": at})
+
+        async def watch_engines() -> None:
+            """Each engine's learned concurrency limit and requests in flight, every second."""
+            while True:
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(httpx.HTTPError):
+                    engines = (await client.get(f"{url}/ready", timeout=5)).json()["engines"]
+                    engine_log.append(
+                        {
+                            "t": round(time.perf_counter() - t0, 1),
+                            **{
+                                n: [e.get("concurrency_limit"), e["in_flight"]]
+                                for n, e in engines.items()
+                            },
+                        }
+                    )
 
         # Arrival times are fixed in advance (Poisson), and every arrival that is due is sent
         # at once: a busy event loop sends late, not fewer, so both phases offer the same load.
         tasks = []
-        started = time.perf_counter()
+        engine_log: list[dict] = []
+        t0 = time.perf_counter()
+        watcher = asyncio.create_task(watch_engines())
         due = 0.0
         i = 0
         while due < seconds:
-            await asyncio.sleep(max(0.0, due - (time.perf_counter() - started)))
+            await asyncio.sleep(max(0.0, due - (time.perf_counter() - t0)))
             tasks.append(asyncio.create_task(one(i)))
             i += 1
             due += rng.expovariate(rate)
         await asyncio.wait(tasks, timeout=180)
+        watcher.cancel()
     ok = [r for r in results if r["status"] == 200 and r["ttft_s"] is not None]
+    within = sum(r["ttft_s"] <= slo_ttft for r in ok) / max(len(ok), 1)
     ttfts = sorted(r["ttft_s"] for r in ok)
     shares: dict[str, int] = {}
     for r in ok:
@@ -88,8 +110,25 @@ async def open_loop(url: str, model: str, rate: float, seconds: float, slo_ttft:
         "ttft_p50_s": round(statistics.median(ttfts), 3) if ttfts else None,
         "ttft_p95_s": round(p95, 3) if p95 is not None else None,
         "p95_over_slo": round(p95 / slo_ttft, 2) if p95 is not None else None,
+        "client_within_slo": round(within, 4),
         "share": {k: round(v / len(ok), 3) for k, v in sorted(shares.items())},
+        "by_10s": by_window(results, 10.0),
+        "engines_each_s": engine_log,
     }
+
+
+def by_window(results: list[dict], width_s: float) -> list[dict]:
+    """Sent, served and p95 time to first token by when the requests were sent."""
+    out = []
+    for start in range(0, int(max((r["at"] for r in results), default=0)) + 1, int(width_s)):
+        rs = [r for r in results if start <= r["at"] < start + width_s]
+        ttfts = sorted(r["ttft_s"] for r in rs if r["status"] == 200 and r["ttft_s"] is not None)
+        p95 = ttfts[int(0.95 * (len(ttfts) - 1))] if ttfts else None
+        out.append(
+            {"from_s": start, "sent": len(rs), "served": len(ttfts),
+             "ttft_p95_s": round(p95, 3) if p95 is not None else None}
+        )  # fmt: skip
+    return out
 
 
 def mean_quality(url: str, share: dict[str, float], base: str) -> float:
@@ -97,6 +136,39 @@ def mean_quality(url: str, share: dict[str, float], base: str) -> float:
     quality = {m["id"]: m.get("quality", 1.0) for m in models}
     quality[base] = 1.0
     return round(sum(quality.get(v, 0.0) * s for v, s in share.items()), 4)
+
+
+def _share_within(metrics_text: str, family: str, bound_s: float) -> dict[str, float]:
+    """Per `model_name`/`variant` label: the share of a TTFT histogram's samples <= bound_s
+    (a bucket bound must equal it)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[str, list[float]] = {}
+    for fam in text_string_to_metric_families(metrics_text):
+        if fam.name != family:
+            continue
+        for sample in fam.samples:
+            label = sample.labels.get("variant") or sample.labels.get("model_name") or "?"
+            entry = counts.setdefault(label, [0.0, 0.0])
+            if sample.name.endswith("_bucket") and float(sample.labels["le"]) == bound_s:
+                entry[0] = sample.value
+            elif sample.name.endswith("_count"):
+                entry[1] = sample.value
+    return {k: round(v[0] / v[1], 4) for k, v in counts.items() if v[1]}
+
+
+def within_slo_by_layer(url: str, slo_s: float) -> dict:
+    """Where time to first token is spent: the share of requests within the SLO as the engine
+    (vLLM's own histogram) and as the gateway (send to first event) measured it. The client's
+    share is in the results; a gap between layers is queueing between them, not in vLLM."""
+    engines = httpx.get(f"{url}/ready", timeout=10).json()["engines"]
+    out = {"gateway": _share_within(
+        httpx.get(f"{url}/metrics", timeout=10).text, "leanserve_time_to_first_token_seconds", slo_s
+    )}  # fmt: skip
+    for name, engine in engines.items():
+        text = httpx.get(f"{engine['url']}/metrics", timeout=10).text
+        out[f"engine {name}"] = _share_within(text, "vllm:time_to_first_token_seconds", slo_s)
+    return out
 
 
 def wait_variants(url: str, timeout_s: float) -> dict:
@@ -120,6 +192,7 @@ def main() -> None:
         default="[]",
         help="JSON list for LEANSERVE_BUILD_ARGS (budgets pick the variant)",
     )
+    parser.add_argument("--engine-nice", type=int, default=10, help="engines' nice value")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/overload.json")
     args = parser.parse_args()
     home = Path(os.environ.get("LEANSERVE_HOME", REPO / ".leanserve"))
@@ -132,7 +205,12 @@ def main() -> None:
         "build_args": json.loads(args.build_args),
     }
 
-    gw = start_gateway(home, tmp / "base.log", extra_env={"LEANSERVE_VARIANTS": "[]"})
+    # Both phases: the engines run at a lower CPU priority than the gateway and this client,
+    # as they would on their own hosts; on one 2-core machine, at equal priority, the client's
+    # and the gateway's own scheduling delays dominated the time to first token it measured.
+    common = {"LEANSERVE_ENGINE__NICE": str(args.engine_nice)}
+    result["engine_nice"] = args.engine_nice
+    gw = start_gateway(home, tmp / "base.log", extra_env={"LEANSERVE_VARIANTS": "[]", **common})
     try:
         gw.wait_ready()
         model = next(iter(gw.ready_info()["engines"]))
@@ -150,6 +228,7 @@ def main() -> None:
         gw.stop()
 
     env = {
+        **common,
         "LEANSERVE_VARIANTS": json.dumps(args.variants),
         "LEANSERVE_ROUTING__DEFAULT_POLICY": "slo",
         "LEANSERVE_ROUTING__SHED_LOAD": "true",
@@ -162,6 +241,7 @@ def main() -> None:
         result["variants"] = wait_variants(gw.url, 3600)
         slo = asyncio.run(open_loop(gw.url, model, rate, args.seconds, args.slo_ttft))
         slo["mean_quality"] = mean_quality(gw.url, slo["share"], model)
+        slo["within_slo_by_layer"] = within_slo_by_layer(gw.url, args.slo_ttft)
         result["slo"] = slo
         print("slo", slo, flush=True)
     finally:

@@ -32,6 +32,14 @@ class EngineSettings(BaseModel):
     trust_remote_code: bool = Field(
         default=False, description="Run model code shipped with a checkpoint. Off: only trust it."
     )
+    nice: int = Field(
+        default=0,
+        ge=0,
+        le=19,
+        description="CPU priority of engine processes (Unix nice). Where the gateway shares "
+        "CPUs with its engines (a CPU-only machine), a positive value keeps the gateway and its "
+        "clients answered promptly while the engines are busy.",
+    )
     cpu_spread: bool = Field(
         default=True,
         description="On CPUs, pin each engine to its own core, round robin: left alone, every "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -58,6 +59,7 @@ class EngineConfig:
     offline: bool = True  # local checkpoints need no hub: never ask it
     trust_remote_code: bool = False
     cpu_bind: str | None = None  # VLLM_CPU_OMP_THREADS_BIND, e.g. "1": which cores (CPU engines)
+    nice: int = 0  # added to the engine processes' nice value
 
     @classmethod
     def from_settings(cls, engine, name: str, model: str, **more) -> EngineConfig:
@@ -72,6 +74,7 @@ class EngineConfig:
             "extra_args": engine.extra_args,
             "trust_remote_code": engine.trust_remote_code,
             "start_timeout_s": engine.start_timeout_s,
+            "nice": engine.nice,
         }
         return cls(name=name, model=model, **{**fields, **more})
 
@@ -106,9 +109,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
+def _in_child(nice: int) -> None:
+    """Runs in the engine process before vLLM: it dies with the gateway, at its priority."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if nice:
+        os.nice(nice)
 
 
 class EngineProcess:
@@ -221,7 +227,7 @@ class EngineProcess:
                 stdout=log_file or asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=functools.partial(_in_child, cfg.nice),
             )
         finally:
             if log_file:
