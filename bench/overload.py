@@ -53,16 +53,18 @@ async def open_loop(url: str, model: str, rate: float, seconds: float, slo_ttft:
             }
             started = time.perf_counter()
             at = started - t0
-            ttft, status, variant = None, 0, None
+            ttft, status, variant, answered = None, 0, None, None
             try:
                 async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
                     status, variant = r.status_code, r.headers.get("x-leanserve-variant")
+                    answered = time.perf_counter() - started
                     async for line in r.aiter_lines():
                         if line.startswith("data: {") and ttft is None:
                             ttft = time.perf_counter() - started
             except httpx.HTTPError:
                 status = -1
-            results.append({"status": status, "ttft_s": ttft, "variant": variant, "at": at})
+            row = {"status": status, "ttft_s": ttft, "variant": variant, "at": at}
+            results.append({**row, "answered_s": answered})
 
         async def watch_engines() -> None:
             """Each engine's learned concurrency limit and requests in flight, every second."""
@@ -97,6 +99,7 @@ async def open_loop(url: str, model: str, rate: float, seconds: float, slo_ttft:
         watcher.cancel()
     ok = [r for r in results if r["status"] == 200 and r["ttft_s"] is not None]
     within = sum(r["ttft_s"] <= slo_ttft for r in ok) / max(len(ok), 1)
+    shed_times = sorted(r["answered_s"] for r in results if r["status"] == 429)
     ttfts = sorted(r["ttft_s"] for r in ok)
     shares: dict[str, int] = {}
     for r in ok:
@@ -111,10 +114,41 @@ async def open_loop(url: str, model: str, rate: float, seconds: float, slo_ttft:
         "ttft_p95_s": round(p95, 3) if p95 is not None else None,
         "p95_over_slo": round(p95 / slo_ttft, 2) if p95 is not None else None,
         "client_within_slo": round(within, 4),
+        # A 429 costs the engines nothing: its round trip is the client's and the gateway's
+        # own delay, which every served request's time to first token also contains.
+        "shed_round_trip_p50_s": _quantile(shed_times, 0.5),
+        "shed_round_trip_p95_s": _quantile(shed_times, 0.95),
         "share": {k: round(v / len(ok), 3) for k, v in sorted(shares.items())},
         "by_10s": by_window(results, 10.0),
         "engines_each_s": engine_log,
     }
+
+
+def _quantile(ordered: list[float], q: float) -> float | None:
+    return round(ordered[int(q * (len(ordered) - 1))], 3) if ordered else None
+
+
+def cpu_seconds(gateway_pid: int) -> dict[str, float]:
+    """CPU time used so far by this client, the gateway process and its engines (children)."""
+    import psutil
+
+    gateway = psutil.Process(gateway_pid)
+    engines = 0.0
+    for child in gateway.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            t = child.cpu_times()
+            engines += t.user + t.system
+    g, c = gateway.cpu_times(), psutil.Process().cpu_times()
+    return {"client": c.user + c.system, "gateway": g.user + g.system, "engines": engines}
+
+
+def measured(gw, phase):
+    """Run `phase` (a coroutine) and add the CPU each part used during it, in cores."""
+    before, t = cpu_seconds(gw.proc.pid), time.perf_counter()
+    out = asyncio.run(phase)
+    after, wall = cpu_seconds(gw.proc.pid), time.perf_counter() - t
+    out["cpu_cores_used"] = {k: round((after[k] - before[k]) / wall, 2) for k in before}
+    return out
 
 
 def by_window(results: list[dict], width_s: float) -> list[dict]:
@@ -220,8 +254,8 @@ def main() -> None:
         rate = args.factor * capacity
         result["offered_rps"] = round(rate, 2)
         print(f"capacity {capacity:.2f} req/s; offering {rate:.2f} req/s", flush=True)
-        result["base_only"] = asyncio.run(
-            open_loop(gw.url, model, rate, args.seconds, args.slo_ttft)
+        result["base_only"] = measured(
+            gw, open_loop(gw.url, model, rate, args.seconds, args.slo_ttft)
         )
         print("base-only", result["base_only"], flush=True)
     finally:
@@ -239,7 +273,7 @@ def main() -> None:
     try:
         gw.wait_ready()
         result["variants"] = wait_variants(gw.url, 3600)
-        slo = asyncio.run(open_loop(gw.url, model, rate, args.seconds, args.slo_ttft))
+        slo = measured(gw, open_loop(gw.url, model, rate, args.seconds, args.slo_ttft))
         slo["mean_quality"] = mean_quality(gw.url, slo["share"], model)
         slo["within_slo_by_layer"] = within_slo_by_layer(gw.url, args.slo_ttft)
         result["slo"] = slo

@@ -36,9 +36,10 @@ class EngineSettings(BaseModel):
         default=0,
         ge=0,
         le=19,
-        description="CPU priority of engine processes (Unix nice). Where the gateway shares "
-        "CPUs with its engines (a CPU-only machine), a positive value keeps the gateway and its "
-        "clients answered promptly while the engines are busy.",
+        description="Unix nice value of each engine's compute processes (vLLM's EngineCore and "
+        "workers; its API server keeps the normal priority). Where the gateway shares CPUs with "
+        "its engines (a CPU-only machine), a positive value keeps the gateway, the engines' API "
+        "servers and local clients answered promptly while the engines compute.",
     )
     cpu_spread: bool = Field(
         default=True,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import functools
 import logging
 import os
 import signal
@@ -59,7 +58,7 @@ class EngineConfig:
     offline: bool = True  # local checkpoints need no hub: never ask it
     trust_remote_code: bool = False
     cpu_bind: str | None = None  # VLLM_CPU_OMP_THREADS_BIND, e.g. "1": which cores (CPU engines)
-    nice: int = 0  # added to the engine processes' nice value
+    nice: int = 0  # nice value of the engine's compute processes (not its API server)
 
     @classmethod
     def from_settings(cls, engine, name: str, model: str, **more) -> EngineConfig:
@@ -109,12 +108,37 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _in_child(nice: int) -> None:
-    """Runs in the engine process before vLLM: it dies with the gateway, at its priority."""
+def _die_with_parent() -> None:
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if nice:
-        os.nice(nice)
+
+
+def _children(pid: int) -> list[int]:
+    """All descendants of `pid`, from /proc (Linux)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # The command name (field 2) may hold spaces: the fields after it start past ')'.
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        kids = [p for p, pp in parents.items() if pp == parent]
+        found += kids
+        frontier += kids
+    return found
+
+
+def lower_priority_of_workers(pid: int, nice: int) -> list[int]:
+    """Give an engine's compute processes (vLLM's EngineCore and workers: the children of its
+    API server) nice value `nice`; returns their pids. The API server itself keeps the normal
+    priority: it is on every request's path (intake, first token, each streamed event), while
+    the compute processes can wait a few milliseconds for the gateway and the API server."""
+    pids = _children(pid)
+    for child in pids:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, child, nice)
+    return pids
 
 
 class EngineProcess:
@@ -189,6 +213,14 @@ class EngineProcess:
             try:
                 await self._spawn()
                 await self._wait_healthy()
+                if self.config.nice:
+                    lowered = lower_priority_of_workers(self._proc.pid, self.config.nice)
+                    log.info(
+                        "engine %s: processes %s at nice %d",
+                        self.config.name,
+                        lowered,
+                        self.config.nice,
+                    )
                 self.state = EngineState.READY
                 self._ready.set()
                 if self.on_up is not None:
@@ -227,7 +259,7 @@ class EngineProcess:
                 stdout=log_file or asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=functools.partial(_in_child, cfg.nice),
+                preexec_fn=_die_with_parent,
             )
         finally:
             if log_file:
