@@ -8,6 +8,8 @@ learned the way TCP learns a congestion window (AIMD):
 - every streamed request's time to first token is a sample. One above `target` (a fraction of
   the SLO, to leave room for the requests already sent) cuts the limit by `decrease`, at most
   once per round trip: samples from requests sent before the last cut say nothing about it;
+  A stream still waiting past the target counts as such a sample at once (the gateway checks
+  when it routes): a slowdown is seen before the slow answers arrive;
 - a sample within target while the variant was at its limit raises the limit by 1 / limit, so
   about +1 per limit's worth of good answers. Below its limit a variant shows nothing about
   more load, so the limit does not grow there;
@@ -45,12 +47,23 @@ class ConcurrencyLimit:
         """One request's first token came `ttft_s` after it was sent at `sent_at` (monotonic),
         with `in_flight` requests (itself included) on the variant."""
         if ttft_s > self.headroom * slo_ttft_s:
-            if sent_at > self.cut_at:
-                self.limit = max(self.floor, self.limit * self.decrease)
-                self.cut_at = time.monotonic() if now is None else now
-                self.slow_start = False
+            self._cut(sent_at, now)
             return
         if in_flight < int(self.limit):
             return
         step = 1.0 if self.slow_start else 1.0 / self.limit
         self.limit = min(self.ceiling, self.limit + step)
+
+    def still_waiting(
+        self, waited_s: float, sent_at: float, slo_ttft_s: float, now: float | None = None
+    ) -> None:
+        """The oldest stream without a first token has waited `waited_s`: past the target, that
+        is a slow sample already; before it, it says nothing yet."""
+        if waited_s > self.headroom * slo_ttft_s:
+            self._cut(sent_at, now)
+
+    def _cut(self, sent_at: float, now: float | None) -> None:
+        if sent_at > self.cut_at:  # sent after the last cut: news about the current limit
+            self.limit = max(self.floor, self.limit * self.decrease)
+            self.cut_at = time.monotonic() if now is None else now
+            self.slow_start = False

@@ -64,6 +64,10 @@ class LiveStats:
     def oldest_wait_s(self, now: float) -> float:
         return max((now - t for t in self.waiting.values()), default=0.0)
 
+    def oldest_sent_at(self) -> float | None:
+        """When the oldest stream still waiting for its first token was sent (monotonic)."""
+        return min(self.waiting.values(), default=None)
+
     def predict(
         self, prior_ttft_s: float, prior_tpot_s: float, now: float | None = None
     ) -> tuple[float, float]:

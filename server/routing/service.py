@@ -8,6 +8,7 @@ measurements.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from server.backends.registry import Backend, Registry
@@ -71,6 +72,10 @@ def prior_latency(backend: Backend) -> tuple[float, float]:
 
 
 def backend_state(backend: Backend, settings: Settings, base_tps: float | None) -> BackendState:
+    slo_ttft, oldest = settings.routing.slo.ttft_s, backend.stats.oldest_sent_at()
+    if oldest is not None:  # a stream waiting past the target already tells the limit
+        now = time.monotonic()
+        backend.admission.still_waiting(now - oldest, oldest, slo_ttft, now)
     usd_per_mtok_base = settings.cost.machine_usd_per_hour / ((base_tps or 1.0) * 3600) * 1e6
     prior_ttft, prior_tpot = prior_latency(backend)
     ttft, tpot = backend.stats.predict(prior_ttft, prior_tpot)

@@ -50,3 +50,13 @@ def test_stays_within_floor_and_ceiling():
     for t in range(10):
         lim.observe(0.1, sent_at=t, in_flight=fill(lim), slo_ttft_s=SLO, now=t + 1)
     assert lim.limit == 3
+
+
+def test_a_stream_waiting_past_the_target_cuts_before_it_is_answered():
+    lim = ConcurrencyLimit(limit=10)
+    lim.still_waiting(0.5, sent_at=3, slo_ttft_s=SLO, now=3.5)  # within target: nothing yet
+    assert lim.limit == 10
+    lim.still_waiting(0.9, sent_at=3, slo_ttft_s=SLO, now=3.9)
+    assert lim.limit == 7
+    lim.still_waiting(1.5, sent_at=3, slo_ttft_s=SLO, now=4.5)  # the same stream: no second cut
+    assert lim.limit == 7
