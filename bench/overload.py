@@ -22,6 +22,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -142,12 +143,38 @@ def cpu_seconds(gateway_pid: int) -> dict[str, float]:
     return {"client": c.user + c.system, "gateway": g.user + g.system, "engines": engines}
 
 
-def measured(gw, phase):
-    """Run `phase` (a coroutine) and add the CPU each part used during it, in cores."""
+# Run in its own process: GET /health five times a second, then print the latency quantiles.
+# What the gateway answers at once still takes this long: its share of any request's delay.
+PROBE = """
+import json, sys, time, httpx
+url, seconds, lat = sys.argv[1], float(sys.argv[2]), []
+end = time.monotonic() + seconds
+with httpx.Client(timeout=60) as client:
+    while time.monotonic() < end:
+        t = time.perf_counter()
+        try:
+            client.get(url + "/health")
+            lat.append(time.perf_counter() - t)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+lat.sort()
+q = lambda f: round(lat[int(f * (len(lat) - 1))], 4) if lat else None
+print(json.dumps({"n": len(lat), "p50_s": q(0.5), "p95_s": q(0.95), "max_s": q(1.0)}))
+"""
+
+
+def measured(gw, phase, seconds: float) -> dict:
+    """Run `phase` (a coroutine); add the CPU each part used during it (in cores) and the
+    gateway's /health latency seen from another process meanwhile."""
+    probe = subprocess.Popen(
+        [sys.executable, "-c", PROBE, gw.url, str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     before, t = cpu_seconds(gw.proc.pid), time.perf_counter()
     out = asyncio.run(phase)
     after, wall = cpu_seconds(gw.proc.pid), time.perf_counter() - t
     out["cpu_cores_used"] = {k: round((after[k] - before[k]) / wall, 2) for k in before}
+    out["gateway_health_latency"] = json.loads(probe.communicate(timeout=120)[0] or "null")
     return out
 
 
@@ -255,7 +282,7 @@ def main() -> None:
         result["offered_rps"] = round(rate, 2)
         print(f"capacity {capacity:.2f} req/s; offering {rate:.2f} req/s", flush=True)
         result["base_only"] = measured(
-            gw, open_loop(gw.url, model, rate, args.seconds, args.slo_ttft)
+            gw, open_loop(gw.url, model, rate, args.seconds, args.slo_ttft), args.seconds
         )
         print("base-only", result["base_only"], flush=True)
     finally:
@@ -273,7 +300,9 @@ def main() -> None:
     try:
         gw.wait_ready()
         result["variants"] = wait_variants(gw.url, 3600)
-        slo = measured(gw, open_loop(gw.url, model, rate, args.seconds, args.slo_ttft))
+        slo = measured(
+            gw, open_loop(gw.url, model, rate, args.seconds, args.slo_ttft), args.seconds
+        )
         slo["mean_quality"] = mean_quality(gw.url, slo["share"], model)
         slo["within_slo_by_layer"] = within_slo_by_layer(gw.url, args.slo_ttft)
         result["slo"] = slo
