@@ -1,7 +1,7 @@
 """Every named recipe on the default model: built once per session with small budgets, then
 loaded and run in transformers and in vLLM CPU (one engine at a time).
 
-Slow: about 13 minutes on a quiet 2-core machine (part of `make test`). Needs the default model
+Slow: about 16 minutes on a quiet 2-core machine (part of `make test`). Needs the default model
 (server.basemodel prepares it) and, for the vLLM checks, the vLLM environment
 (LEANSERVE_VLLM_PYTHON or .venv/bin/python).
 """
