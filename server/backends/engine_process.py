@@ -136,8 +136,11 @@ def lower_priority_of_workers(pid: int, nice: int) -> list[int]:
     the compute processes can wait a few milliseconds for the gateway and the API server."""
     pids = _children(pid)
     for child in pids:
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, child, nice)
+        # Linux keeps a nice value per thread: set it on every thread (vLLM's OpenMP compute
+        # threads exist by now); threads started later inherit it from their creator.
+        for task in Path(f"/proc/{child}/task").glob("[0-9]*"):
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
     return pids
 
 
