@@ -105,14 +105,14 @@ async def open_loop(url: str, model: str, rate: float, seconds: float, slo_ttft:
     shares: dict[str, int] = {}
     for r in ok:
         shares[r["variant"]] = shares.get(r["variant"], 0) + 1
-    p95 = ttfts[int(0.95 * (len(ttfts) - 1))] if ttfts else None
+    p95 = _quantile(ttfts, 0.95)
     return {
         "sent": len(results),
         "served": len(ok),
         "error_rate": round(1 - len(ok) / max(len(results), 1), 4),
         "shed_429": sum(r["status"] == 429 for r in results),
         "ttft_p50_s": round(statistics.median(ttfts), 3) if ttfts else None,
-        "ttft_p95_s": round(p95, 3) if p95 is not None else None,
+        "ttft_p95_s": p95,
         "p95_over_slo": round(p95 / slo_ttft, 2) if p95 is not None else None,
         "client_within_slo": round(within, 4),
         # A 429 costs the engines nothing: its round trip is the client's and the gateway's
@@ -184,10 +184,9 @@ def by_window(results: list[dict], width_s: float) -> list[dict]:
     for start in range(0, int(max((r["at"] for r in results), default=0)) + 1, int(width_s)):
         rs = [r for r in results if start <= r["at"] < start + width_s]
         ttfts = sorted(r["ttft_s"] for r in rs if r["status"] == 200 and r["ttft_s"] is not None)
-        p95 = ttfts[int(0.95 * (len(ttfts) - 1))] if ttfts else None
         out.append(
             {"from_s": start, "sent": len(rs), "served": len(ttfts),
-             "ttft_p95_s": round(p95, 3) if p95 is not None else None}
+             "ttft_p95_s": _quantile(ttfts, 0.95)}
         )  # fmt: skip
     return out
 

@@ -26,6 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import httpx
+import psutil
 
 log = logging.getLogger("leanserve.engine")
 
@@ -113,35 +114,20 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _children(pid: int) -> list[int]:
-    """All descendants of `pid`, from /proc (Linux)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            # The command name (field 2) may hold spaces: the fields after it start past ')'.
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-    found, frontier = [], [pid]
-    while frontier:
-        parent = frontier.pop()
-        kids = [p for p, pp in parents.items() if pp == parent]
-        found += kids
-        frontier += kids
-    return found
-
-
 def lower_priority_of_workers(pid: int, nice: int) -> list[int]:
     """Give an engine's compute processes (vLLM's EngineCore and workers: the children of its
     API server) nice value `nice`; returns their pids. The API server itself keeps the normal
     priority: it is on every request's path (intake, first token, each streamed event), while
     the compute processes can wait a few milliseconds for the gateway and the API server."""
-    pids = _children(pid)
-    for child in pids:
+    children = psutil.Process(pid).children(recursive=True)
+    for child in children:
         # Linux keeps a nice value per thread: set it on every thread (vLLM's OpenMP compute
         # threads exist by now); threads started later inherit it from their creator.
-        for task in Path(f"/proc/{child}/task").glob("[0-9]*"):
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
-    return pids
+        with contextlib.suppress(psutil.Error):
+            for thread in child.threads():
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PROCESS, thread.id, nice)
+    return [child.pid for child in children]
 
 
 class EngineProcess:

@@ -62,7 +62,8 @@ class LiveStats:
         self.waiting.pop(ticket, None)
 
     def oldest_wait_s(self, now: float) -> float:
-        return max((now - t for t in self.waiting.values()), default=0.0)
+        oldest = self.oldest_sent_at()
+        return 0.0 if oldest is None else now - oldest
 
     def oldest_sent_at(self) -> float | None:
         """When the oldest stream still waiting for its first token was sent (monotonic)."""
