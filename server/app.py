@@ -18,6 +18,7 @@ from server.backends.registry import Backend, Registry, engine_client
 from server.backends.remote_engine import RemoteEngine
 from server.experiments.router import router as experiments_router
 from server.experiments.service import Experiments
+from server.health import loop_lag
 from server.health.router import router as health_router
 from server.inference.router import router as inference_router
 from server.limits import BodySizeLimit, RateLimiter
@@ -124,6 +125,7 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.metrics_enabled:
             metrics.registry.register(ResourceCollector(registry, metrics, Nvml.open()))
         experiments.store.start()
+        lag_watch = asyncio.create_task(loop_lag.watch(), name="loop-lag")
         await registry.start()
         log.info("leanserve up; engines starting: %s", ", ".join(registry.backends))
         if registry.base_name in settings.remote_engines:
@@ -137,6 +139,7 @@ def create_app(settings: Settings) -> FastAPI:
             await variants.stop()
             await registry.stop()
             await experiments.store.stop()
+            lag_watch.cancel()
 
     app = FastAPI(title="leanserve", version="0.1.0", lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)

@@ -109,9 +109,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+# Loaded here, once: _die_with_parent runs in the child between fork and exec, where loading a
+# library (dlopen, malloc) can deadlock on a lock another gateway thread held at the fork.
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # not glibc Linux: engines then outlive a killed gateway
+    _LIBC = None
+
+
 def _die_with_parent() -> None:
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def lower_priority_of_workers(pid: int, nice: int) -> list[int]:
