@@ -60,7 +60,8 @@ def cpu_core(settings: Settings, index: int) -> str | None:
     """The core the index-th local engine binds to (round robin), when spreading on CPUs."""
     if not settings.engine.cpu_spread:
         return None
-    return str(index % (os.cpu_count() or 1))
+    cores = settings.engine.cpus or sorted(os.sched_getaffinity(0))
+    return str(cores[index % len(cores)])
 
 
 def build_registry(settings: Settings, prepare=None) -> Registry:

@@ -46,6 +46,20 @@ class EngineSettings(BaseModel):
         description="On CPUs, pin each engine to its own core, round robin: left alone, every "
         "vLLM CPU engine binds to the same first core.",
     )
+    cpus: list[int] | None = Field(
+        default=None,
+        min_length=1,
+        description="The cores the engines run on (each engine's whole process tree; cpu_spread "
+        "spreads over these). Where the gateway shares a host with its engines, leaving it a "
+        "core of its own keeps its latency out of the engines' way. None: every core.",
+    )
+
+    @model_validator(mode="after")
+    def _cpus_exist(self) -> EngineSettings:
+        missing = sorted(set(self.cpus or ()) - os.sched_getaffinity(0))
+        if missing:
+            raise ValueError(f"engine.cpus names cores this process may not use: {missing}")
+        return self
 
 
 class SLOSettings(BaseModel):

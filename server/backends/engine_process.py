@@ -60,6 +60,7 @@ class EngineConfig:
     trust_remote_code: bool = False
     cpu_bind: str | None = None  # VLLM_CPU_OMP_THREADS_BIND, e.g. "1": which cores (CPU engines)
     nice: int = 0  # nice value of the engine's compute processes (not its API server)
+    cpus: tuple[int, ...] | None = None  # cores the whole process tree may run on; None: all
 
     @classmethod
     def from_settings(cls, engine, name: str, model: str, **more) -> EngineConfig:
@@ -75,6 +76,7 @@ class EngineConfig:
             "trust_remote_code": engine.trust_remote_code,
             "start_timeout_s": engine.start_timeout_s,
             "nice": engine.nice,
+            "cpus": tuple(engine.cpus) if engine.cpus else None,
         }
         return cls(name=name, model=model, **{**fields, **more})
 
@@ -109,17 +111,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-# Loaded here, once: _die_with_parent runs in the child between fork and exec, where loading a
-# library (dlopen, malloc) can deadlock on a lock another gateway thread held at the fork.
+# Loaded here, once: the child runs _child_setup's function between fork and exec, where loading
+# a library (dlopen, malloc) can deadlock on a lock another gateway thread held at the fork.
 try:
     _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
 except OSError:  # not glibc Linux: engines then outlive a killed gateway
     _LIBC = None
 
 
-def _die_with_parent() -> None:
-    if _LIBC is not None:
-        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _child_setup(cpus: tuple[int, ...] | None) -> Callable[[], None]:
+    """What the engine's process runs before exec: die with the gateway; keep to `cpus`
+    (vLLM's CPU backend binds its threads within the cores it is allowed)."""
+
+    def setup() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
 
 
 def lower_priority_of_workers(pid: int, nice: int) -> list[int]:
@@ -256,7 +266,7 @@ class EngineProcess:
                 stdout=log_file or asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_child_setup(cfg.cpus),
             )
         finally:
             if log_file:
