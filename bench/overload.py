@@ -253,6 +253,13 @@ def main() -> None:
         help="JSON list for LEANSERVE_BUILD_ARGS (budgets pick the variant)",
     )
     parser.add_argument("--engine-nice", type=int, default=10, help="engines' nice value")
+    parser.add_argument(
+        "--engine-cpus",
+        type=int,
+        nargs="+",
+        help="cores for the engines (engine.cpus); this client and the gateway keep the others, "
+        "as they would on hosts of their own",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/overload.json")
     args = parser.parse_args()
     home = Path(os.environ.get("LEANSERVE_HOME", REPO / ".leanserve"))
@@ -270,6 +277,13 @@ def main() -> None:
     # and the gateway's own scheduling delays dominated the time to first token it measured.
     common = {"LEANSERVE_ENGINE__NICE": str(args.engine_nice)}
     result["engine_nice"] = args.engine_nice
+    if args.engine_cpus:
+        others = sorted(os.sched_getaffinity(0) - set(args.engine_cpus))
+        if not others:
+            parser.error("--engine-cpus must leave a core for the client and the gateway")
+        os.sched_setaffinity(0, others)  # the gateway and the probe inherit it
+        common["LEANSERVE_ENGINE__CPUS"] = json.dumps(args.engine_cpus)
+        result["cores"] = {"engines": args.engine_cpus, "client_and_gateway": others}
     gw = start_gateway(home, tmp / "base.log", extra_env={"LEANSERVE_VARIANTS": "[]", **common})
     try:
         gw.wait_ready()

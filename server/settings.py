@@ -56,9 +56,10 @@ class EngineSettings(BaseModel):
 
     @model_validator(mode="after")
     def _cpus_exist(self) -> EngineSettings:
-        missing = sorted(set(self.cpus or ()) - os.sched_getaffinity(0))
+        # The machine's cores, not this process's: a gateway kept to other cores is the point.
+        missing = sorted(set(self.cpus or ()) - set(range(os.cpu_count() or 1)))
         if missing:
-            raise ValueError(f"engine.cpus names cores this process may not use: {missing}")
+            raise ValueError(f"engine.cpus names cores this machine does not have: {missing}")
         return self
 
 
