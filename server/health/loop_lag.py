@@ -1,6 +1,7 @@
-"""Warns when the gateway's event loop was blocked.
+"""Warns when the gateway's event loop was stalled: a blocking call on its thread, or no CPU
+for the gateway (engines busy on the same cores).
 
-Every request waits while the loop is blocked, so a stall shows up as latency that no engine
+Every request waits while the loop is stalled, so a stall shows up as latency that no engine
 explains; this log line names when it happened and for how long.
 """
 
@@ -20,4 +21,8 @@ async def watch(threshold_s: float = 0.5, period_s: float = 0.1) -> None:
         await asyncio.sleep(period_s)
         late = time.monotonic() - before - period_s
         if late > threshold_s:
-            log.warning("event loop blocked for %.2f s: every request waited that long", late)
+            log.warning(
+                "event loop stalled for %.2f s (a blocking call, or no CPU for the gateway): "
+                "every request waited that long",
+                late,
+            )

@@ -19,5 +19,5 @@ async def test_a_blocked_loop_is_reported(caplog):
     await asyncio.sleep(0.1)
     watcher.cancel()
     assert len(caplog.records) == 1
-    seconds = float(caplog.records[0].getMessage().split("blocked for ")[1].split(" s")[0])
+    seconds = float(caplog.records[0].getMessage().split("stalled for ")[1].split(" s")[0])
     assert 0.3 <= seconds <= 1.0
