@@ -37,8 +37,22 @@ class Backend:
     def __post_init__(self) -> None:
         # An engine seen dying opens the breaker at once (no request needs to fail first); the
         # engine answering again closes it.
-        self.engine.on_down = lambda: self.breaker.trip()
+        self.engine.on_down = self._engine_down
         self.engine.on_up = lambda: self.breaker.success()
+        self._closing: set[asyncio.Task] = set()
+
+    def _engine_down(self) -> None:
+        self.breaker.trip()
+        if isinstance(self.engine, EngineProcess):
+            # The process exited: drop every connection to it, so a request still waiting on
+            # one fails now (503, or an error event mid-stream) rather than waiting on a socket
+            # that something else may hold open. A remote engine that misses a health check
+            # may still be streaming: its connections stay.
+            old = self.client
+            self.client = engine_client(str(old.base_url), old.timeout.read)
+            task = asyncio.get_running_loop().create_task(old.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     @property
     def ready(self) -> bool:
