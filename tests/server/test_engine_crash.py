@@ -11,6 +11,8 @@ import time
 import httpx
 import pytest
 
+from server.metrics.engine_stats import parse
+
 pytestmark = pytest.mark.slow
 
 
@@ -29,6 +31,7 @@ def test_killed_engine_fails_fast_then_recovers(gateway, base_model):
             "model": base_model,
             "messages": [{"role": "user", "content": "Tell a long story."}],
             "max_tokens": 1500,
+            "ignore_eos": True,  # ~30 s of generation: surely running when the engine dies
             "stream": True,
         }
         started = time.monotonic()
@@ -38,7 +41,10 @@ def test_killed_engine_fails_fast_then_recovers(gateway, base_model):
 
     streamer = threading.Thread(target=long_stream)
     streamer.start()
-    time.sleep(1.0)  # the stream is running
+    # Kill once the engine itself is generating the stream, not after a guessed delay.
+    deadline = time.monotonic() + 30
+    while _engine_running(before["url"]) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
     os.kill(before["pid"], signal.SIGKILL)
 
     started = time.monotonic()
@@ -71,6 +77,11 @@ def test_killed_engine_fails_fast_then_recovers(gateway, base_model):
     assert ok.status_code == 200, ok.text
     # Nothing of the killed engine is left: its process group is gone.
     assert not _group_alive(before["pid"])
+
+
+def _engine_running(url: str) -> float:
+    """Requests the vLLM engine itself is generating (its own /metrics)."""
+    return parse(httpx.get(f"{url}/metrics", timeout=5).text).get("vllm:num_requests_running", 0)
 
 
 def _group_alive(pgid: int) -> bool:
