@@ -46,8 +46,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--scrape-interval", default="15s")
+    parser.add_argument(
+        "--engine-cpus",
+        type=int,
+        nargs="+",
+        help="cores for the engine; the gateways, Prometheus and this client keep the others",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/metrics_onoff.json")
     args = parser.parse_args()
+    everywhere = os.sched_getaffinity(0)
+    others = sorted(everywhere - set(args.engine_cpus or ()))
+    if not others:
+        parser.error("--engine-cpus must leave a core for the gateways and the client")
     binary = prometheus_binary()
     home = Path(os.environ.get("LEANSERVE_HOME", REPO / ".leanserve"))
     subprocess.run(
@@ -55,7 +65,11 @@ def main() -> None:
         check=True, cwd=REPO, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="metrics_onoff-"))
+    # The engine inherits this process's cores at its start; what starts after it, the others.
+    if args.engine_cpus:
+        os.sched_setaffinity(0, args.engine_cpus)
     engine, url = start_engine(home, work / "engine.log")
+    os.sched_setaffinity(0, others)
     wait_health(url, engine, timeout_s=900)
     gateways, prom = {}, None
     try:
@@ -109,6 +123,7 @@ def main() -> None:
         "requests_per_round": args.requests,
         "max_tokens": args.max_tokens,
         "scrape_interval": args.scrape_interval,
+        "engine_cpus": args.engine_cpus,
         "on_tokens_per_s_median": round(statistics.median(tps["on"]), 1),
         "off_tokens_per_s_median": round(statistics.median(tps["off"]), 1),
         "ratio_of_medians_on_over_off": round(
