@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -114,3 +115,12 @@ def paired_ratio(a: list[float], b: list[float]) -> tuple[float, float, float]:
         return mean, float("nan"), float("nan")
     half = stats.t.ppf(0.975, len(ratios) - 1) * statistics.stdev(ratios) / len(ratios) ** 0.5
     return mean, mean - half, mean + half
+
+
+def cores_besides(engine_cpus: list[int]) -> list[int]:
+    """The cores this process may use that are not the engines': where a bench keeps its
+    client and gateways, as they would be on hosts of their own."""
+    others = sorted(os.sched_getaffinity(0) - set(engine_cpus))
+    if not others:
+        raise SystemExit("--engine-cpus must leave a core for the client and the gateway")
+    return others

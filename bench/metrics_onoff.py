@@ -32,7 +32,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.loadgen import paired_ratio, run_round  # noqa: E402
+from bench.loadgen import cores_besides, paired_ratio, run_round  # noqa: E402
 from tests.server.gateway import REPO, start_engine, start_gateway, wait_health  # noqa: E402
 from tests.server.promserver import prometheus_binary, start_prometheus  # noqa: E402
 
@@ -54,10 +54,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/metrics_onoff.json")
     args = parser.parse_args()
-    everywhere = os.sched_getaffinity(0)
-    others = sorted(everywhere - set(args.engine_cpus or ()))
-    if not others:
-        parser.error("--engine-cpus must leave a core for the gateways and the client")
+    others = cores_besides(args.engine_cpus or [])
     binary = prometheus_binary()
     home = Path(os.environ.get("LEANSERVE_HOME", REPO / ".leanserve"))
     subprocess.run(

@@ -32,7 +32,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.loadgen import PROMPTS, run_round  # noqa: E402
+from bench.loadgen import PROMPTS, cores_besides, run_round  # noqa: E402
 from tests.server.gateway import REPO, start_gateway  # noqa: E402
 
 MAX_TOKENS = 32
@@ -278,9 +278,7 @@ def main() -> None:
     common = {"LEANSERVE_ENGINE__NICE": str(args.engine_nice)}
     result["engine_nice"] = args.engine_nice
     if args.engine_cpus:
-        others = sorted(os.sched_getaffinity(0) - set(args.engine_cpus))
-        if not others:
-            parser.error("--engine-cpus must leave a core for the client and the gateway")
+        others = cores_besides(args.engine_cpus)
         os.sched_setaffinity(0, others)  # the gateway and the probe inherit it
         common["LEANSERVE_ENGINE__CPUS"] = json.dumps(args.engine_cpus)
         result["cores"] = {"engines": args.engine_cpus, "client_and_gateway": others}

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from server.metrics.engine_stats import parse
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -117,3 +119,19 @@ def wait_health(url: str, proc: subprocess.Popen, timeout_s: float = 600) -> Non
             pass
         time.sleep(1)
     raise TimeoutError(url)
+
+
+def engine_running(engine_url: str) -> float:
+    """Requests the vLLM engine itself is generating now (its own /metrics)."""
+    text = httpx.get(f"{engine_url}/metrics", timeout=10).text
+    return parse(text).get("vllm:num_requests_running", 0.0)
+
+
+def wait_engine_running(engine_url: str, predicate, timeout_s: float) -> bool:
+    """Poll engine_running until `predicate` holds; False if it did not within timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate(engine_running(engine_url)):
+            return True
+        time.sleep(0.05)
+    return False

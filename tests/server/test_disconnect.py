@@ -11,24 +11,9 @@ import time
 import httpx
 import pytest
 
-from server.metrics.engine_stats import parse
+from tests.server.gateway import wait_engine_running as _wait_running
 
 pytestmark = pytest.mark.slow
-
-
-def _running(engine_url: str) -> float:
-    return parse(httpx.get(f"{engine_url}/metrics", timeout=10).text).get(
-        "vllm:num_requests_running", 0.0
-    )
-
-
-def _wait_running(engine_url: str, predicate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate(_running(engine_url)):
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.mark.parametrize("stream", [False, True])

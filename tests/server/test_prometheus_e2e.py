@@ -37,7 +37,7 @@ import pytest
 from server.metrics.gpu import Nvml
 from server.metrics.rapl import read_rapl
 from tests.deploy.test_monitoring import DASHBOARD, alert_rules, metric_names
-from tests.server.gateway import Gateway, start_gateway
+from tests.server.gateway import Gateway, start_gateway, wait_engine_running
 from tests.server.mixed_load import mixed_load
 from tests.server.promserver import Prometheus, get_prometheus_or_skip, has_data, start_prometheus
 
@@ -306,15 +306,6 @@ def _fail_builds(gw: Gateway, prom: Prometheus) -> None:
         prom.wait_scrape_after(time.time())
 
 
-def _engine_running(url: str) -> float:
-    """Requests the vLLM engine itself is generating for (its own /metrics)."""
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    for line in text.splitlines():
-        if line.startswith("vllm:num_requests_running"):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def _kill_engine_under_a_request(gw: Gateway) -> int:
     """SIGKILL the engine while a non-streaming request runs on it: that request fails before
     its first byte (a fallback, then a 503), and the gateway restarts the engine."""
@@ -333,9 +324,7 @@ def _kill_engine_under_a_request(gw: Gateway) -> int:
     thread.start()
     # Kill once the engine itself is generating the request, not after a guessed delay: a
     # request that has already finished cannot fail.
-    deadline = time.monotonic() + 30
-    while _engine_running(before["url"]) < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_engine_running(before["url"], lambda n: n >= 1, 30)
     outcome["killed_after_s"] = round(time.monotonic() - t0, 2)
     os.kill(before["pid"], signal.SIGKILL)
     thread.join(60)
