@@ -6,20 +6,27 @@ group size, fractions, data files, vLLM python) is checked before the store is t
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from compress import card, checkpoint, store, texts
+from compress import card, checkpoint, schema, store, texts
+from compress.context import BuildContext
 from compress.errors import CompressError
 from compress.progress import Progress
-from compress.recipes import QuantizeStep, Recipe, SparsifyStep, load_recipe, with_budget
+from compress.recipes import (
+    DistillStep,
+    LayerPruneStep,
+    QuantizeStep,
+    Recipe,
+    SparsifyStep,
+    Step,
+    load_recipe,
+    with_budget,
+)
 
 NOTES = {
     "sparsify": "vLLM has no sparse kernels for these weights today: no speed gain over the base.",
@@ -48,51 +55,6 @@ class BuildOptions:
     reference: Path | None = None
     vllm_python: str | None = None
     seed: int = 0
-
-
-@dataclass
-class BuildContext:
-    """What a recipe step may use besides the model: data, the base, progress, notes."""
-
-    base: Path
-    calibration_file: Path
-    progress: Progress
-    seed: int = 0
-    notes: dict = field(default_factory=dict)
-
-    def load_base(self):
-        return checkpoint.load_model(self.base, "float32")
-
-    @contextlib.contextmanager
-    def layer_progress(self, model) -> Iterator[None]:
-        """Progress of an llm-compressor run, read from its log lines naming model.layers.N.
-
-        Its sequential pipeline calibrates and compresses one decoder layer at a time and
-        logs each module it compresses (GPTQ, Wanda, SparseGPT), so the highest layer index
-        named is the progress. Modifiers that log no such lines (RTN) jump to 100 % at the end.
-        """
-        from loguru import logger
-
-        num = len(model.model.layers)
-        self.progress.set_total(num)
-        seen = {"max": 0}
-
-        def sink(message) -> None:
-            # Only the per-module work lines: other modifiers (SmoothQuant) list every layer
-            # up front, which would read as 100 % at once.
-            if not str(message).startswith(("Quantizing", "Sparsifying")):
-                return
-            for match in re.finditer(r"layers\.(\d+)\.", str(message)):
-                index = int(match.group(1)) + 1
-                if index > seen["max"]:
-                    seen["max"] = index
-                    self.progress.update(index)
-
-        handle = logger.add(sink, level="DEBUG", format="{message}")
-        try:
-            yield
-        finally:
-            logger.remove(handle)
 
 
 @dataclass
@@ -149,7 +111,28 @@ def vllm_version(python: str) -> str | None:
     return out.stdout.strip() or None
 
 
-def run(p: Plan, progress: Progress) -> tuple[dict, bool]:
+def apply_step(step: Step, model, tokenizer, ctx: BuildContext):
+    """Run one recipe step with the module that does its work (each imports torch)."""
+    if isinstance(step, QuantizeStep):
+        from compress import quantize
+
+        return quantize.apply(step, model, tokenizer, ctx)
+    if isinstance(step, LayerPruneStep):
+        from compress import prune
+
+        return prune.apply_layer_prune(step, model, tokenizer, ctx)
+    if isinstance(step, SparsifyStep):
+        from compress import prune
+
+        return prune.apply_sparsify(step, model, tokenizer, ctx)
+    if isinstance(step, DistillStep):
+        from compress import distill
+
+        return distill.apply(step, model, tokenizer, ctx)
+    raise TypeError(f"no module runs {type(step).__name__}")
+
+
+def run(p: Plan, progress: Progress) -> tuple[schema.Card, bool]:
     """Build (or find) the variant. Returns (card, skipped)."""
     options = p.options
     if store.is_complete(p.path):
@@ -158,12 +141,13 @@ def run(p: Plan, progress: Progress) -> tuple[dict, bool]:
     stages = stage_names(p.recipe, options.speed)
     progress.plan(stages)
     progress.emit(
-        "start",
-        variant=p.variant,
-        recipe=p.recipe.name,
-        recipe_hash=p.recipe_hash,
-        base_fingerprint=p.base_fingerprint,
-        stages=stages,
+        schema.StartEvent(
+            variant=p.variant,
+            recipe=p.recipe.name,
+            recipe_hash=p.recipe_hash,
+            base_fingerprint=p.base_fingerprint,
+            stages=stages,
+        )
     )
     ctx = BuildContext(options.base, options.calibration_file, progress, options.seed)
     timings: dict[str, float] = {}
@@ -186,7 +170,7 @@ def run(p: Plan, progress: Progress) -> tuple[dict, bool]:
             if isinstance(step, QuantizeStep):
                 # Quantize from the checkpoint's own dtype: its scales are saved in that dtype.
                 model = model.to(save_dtype)
-            model = step.apply(model, tokenizer, ctx)
+            model = apply_step(step, model, tokenizer, ctx)
             progress.finish_stage()
             timings[name] = time.monotonic() - t
 
@@ -243,55 +227,54 @@ def run(p: Plan, progress: Progress) -> tuple[dict, bool]:
 
         base_size = checkpoint.size_on_disk(ref)
         size = checkpoint.size_on_disk(tmp)
-        q = quality.as_dict()
-        q["perplexity_change"] = round(quality.perplexity / quality.base_perplexity - 1, 6)
-        result = {
-            "variant": p.variant,
-            "created": card.now(),
+        speed_info = schema.Speed.model_validate(speed_card)
+        result = schema.Card(
+            schema_version=schema.SCHEMA_VERSION,
+            variant=p.variant,
+            created=card.now(),
             # "base" is what every ratio and KL compares against; "built_from" the input.
-            "base": {
-                "name": _label(ref),
-                "path": str(ref.resolve()),
-                "fingerprint": p.base_fingerprint if ref == options.base else _fp(ref),
-                "parameters": ref_params,
-                "size_bytes": base_size,
-            },
-            "built_from": {
-                "path": str(options.base.resolve()),
-                "fingerprint": p.base_fingerprint,
-                "parameters": base_params,
-            },
-            "recipe": {"name": p.recipe.name, "hash": p.recipe_hash, **p.recipe.spec()},
-            "data": {
-                "calibration": {
-                    "path": str(options.calibration_file),
-                    "sha256_16": texts.file_digest(options.calibration_file),
-                },
-                "eval": {
-                    "path": str(options.eval_file),
-                    "sha256_16": texts.file_digest(options.eval_file),
-                },
-            },
-            "quality": q,
-            "size": {
-                "bytes": size,
-                "parameters": params,
-                "size_ratio": round(size / base_size, 4),
-                "parameter_ratio": round(params / ref_params, 4),
-                "weight_sparsity": sparsity,
-            },
-            "speed": speed_card,
-            "serving": {**serving, "notes": _serving_notes(p.recipe)},
-            "transformers_sample": sample,
-            "notes": ctx.notes,
-            "versions": card.versions(speed_card.get("engine")),
-            "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        }
-        (tmp / store.CARD).write_text(_dumps(result))
+            base=schema.ModelRef(
+                name=_label(ref),
+                path=str(ref.resolve()),
+                fingerprint=p.base_fingerprint if ref == options.base else _fp(ref),
+                parameters=ref_params,
+                size_bytes=base_size,
+            ),
+            built_from=schema.BuiltFrom(
+                path=str(options.base.resolve()),
+                fingerprint=p.base_fingerprint,
+                parameters=base_params,
+            ),
+            recipe=schema.RecipeInfo(
+                name=p.recipe.name, hash=p.recipe_hash, steps=p.recipe.spec()["steps"]
+            ),
+            data=schema.DataInfo(
+                calibration=_data_file(options.calibration_file),
+                eval=_data_file(options.eval_file),
+            ),
+            quality=schema.Quality(
+                **quality.as_dict(),
+                perplexity_change=round(quality.perplexity / quality.base_perplexity - 1, 6),
+            ),
+            size=schema.Size(
+                bytes=size,
+                parameters=params,
+                size_ratio=round(size / base_size, 4),
+                parameter_ratio=round(params / ref_params, 4),
+                weight_sparsity=sparsity,
+            ),
+            speed=speed_info,
+            serving=schema.Serving.model_validate({**serving, "notes": _serving_notes(p.recipe)}),
+            transformers_sample=sample,
+            notes=ctx.notes,
+            versions=card.versions(speed_info.engine),
+            timings_s={k: round(v, 1) for k, v in timings.items()},
+        )
+        (tmp / store.CARD).write_text(_dumps(result.dump()))
         store.write_base_info(
             options.store,
             p.base_fingerprint,
-            {"name": _label(options.base), **result["built_from"], "updated": card.now()},
+            {"name": _label(options.base), **result.built_from.dump(), "updated": card.now()},
         )
     return result, False
 
@@ -304,12 +287,13 @@ def _dumps(obj: dict) -> str:
 
 def _label(model_dir: Path) -> str:
     """A stored variant is named by its card; any other checkpoint by its folder."""
-    card_path = model_dir / store.CARD
-    if card_path.is_file():
-        import json
-
-        return json.loads(card_path.read_text())["variant"]
+    if (model_dir / store.CARD).is_file():
+        return store.read_card(model_dir).variant or checkpoint.base_name(model_dir)
     return checkpoint.base_name(model_dir)
+
+
+def _data_file(path: Path) -> schema.DataFile:
+    return schema.DataFile(path=str(path), sha256_16=texts.file_digest(path))
 
 
 def _fp(model_dir: Path) -> str:

@@ -1,14 +1,7 @@
-"""card.json: what a variant is and what it measurably costs and loses, next to its weights.
+"""Helpers for writing card.json: library versions, speed ratios, the creation time.
 
-Fields (numbers are measured on this run, never assumed):
-    variant, created, base{name, path, fingerprint, parameters, size_bytes}
-    recipe{name, hash, steps}, data{calibration, eval}
-    quality{perplexity, base_perplexity, perplexity_change, kl_to_base, top1_agreement,
-            last_word_accuracy, base_last_word_accuracy, tokens, passages}
-    size{bytes, parameters, size_ratio, parameter_ratio}
-    speed{status, engine, base{streams_1, streams_32}, variant{...}, speedup_1, speedup_32,
-          ttft_ratio}  (status "skipped: ..." or "failed: ..." when not measured)
-    serving{vllm_cpu, note}, notes{...}, versions{...}, timings_s{...}
+The card's fields, their types and what each means are compress.schema.Card (the model is
+the documentation, and compress/build.py writes the card through it).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Exit status: 0 on success (a variant already in the store counts), 2 on bad input
 (CompressError: the message says what is wrong, the store is untouched), 1 on any other
-failure, 130 when interrupted. With --progress-json, stdout carries only JSON lines (see
-compress.progress); everything human goes to stderr.
+failure, 130 when interrupted. With --progress-json, stdout carries only JSON lines (the
+models in compress.schema); everything human goes to stderr.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def parser() -> argparse.ArgumentParser:
 def build(args: argparse.Namespace) -> int:
     from compress.build import BuildOptions, plan, run
     from compress.progress import Progress
+    from compress.schema import DoneEvent, ErrorEvent
 
     # Only JSON goes to the real stdout: libraries that print go to stderr.
     json_out = sys.stdout if args.progress_json else None
@@ -90,24 +91,25 @@ def build(args: argparse.Namespace) -> int:
     except CompressError as exc:
         progress.close_bar()
         print(f"error: {exc}", file=sys.stderr)
-        progress.emit("error", message=str(exc))
+        progress.emit(ErrorEvent(message=str(exc)))
         return 2
     except KeyboardInterrupt as exc:
         progress.close_bar()
-        print(f"interrupted ({exc or 'Ctrl-C'}): nothing was written", file=sys.stderr)
-        progress.emit("error", message=f"interrupted ({exc or 'Ctrl-C'}): nothing was written")
+        message = f"interrupted ({exc or 'Ctrl-C'}): nothing was written"
+        print(message, file=sys.stderr)
+        progress.emit(ErrorEvent(message=message))
         return 130
     except Exception as exc:  # noqa: BLE001 - any failure must reach the caller as an event
         progress.close_bar()
         traceback.print_exc()
-        progress.emit("error", message=f"{type(exc).__name__}: {exc}")
+        progress.emit(ErrorEvent(message=f"{type(exc).__name__}: {exc}"))
         return 1
     finally:
         sys.stdout = sys.__stdout__
     progress.close_bar()
     verb = "already in the store" if skipped else "built"
-    print(f"{card['variant']} {verb}: {p.path}", file=sys.stderr)
-    progress.emit("done", variant=card["variant"], path=str(p.path), card=card, skipped=skipped)
+    print(f"{card.variant} {verb}: {p.path}", file=sys.stderr)
+    progress.emit(DoneEvent(variant=card.variant, path=str(p.path), card=card, skipped=skipped))
     return 0
 
 

@@ -1,18 +1,8 @@
 """Progress for people (tqdm bars on stderr) and for programs (JSON lines on stdout).
 
-JSON lines, one object per line, flushed at once (the contract the server follows):
-
-    {"event": "start", "variant": NAME, "recipe": NAME, "recipe_hash": H, "stages": [...]}
-    {"event": "stage", "stage": "quantize", "index": 2, "stages": 5}
-    {"event": "progress", "stage": "distill", "percent": 42.0, "eta_s": 31.0,
-     "overall_percent": 55.1, "detail": {...}}
-    {"event": "log", "message": "..."}
-    {"event": "done", "variant": NAME, "path": DIR, "card": {...}, "skipped": false}
-    {"event": "error", "message": "..."}          (and a non-zero exit status)
-
-`percent` is within the stage, `overall_percent` over the whole job counting every stage as
-an equal share. `eta_s` is null while unknown. Unknown keys may be added later; readers must
-ignore them.
+JSON lines, one object per line, flushed at once: the models in compress.schema (start,
+stage, progress, log, done, error), which the server parses them with. An error line comes
+with a non-zero exit status. Unknown keys may be added later; readers must ignore them.
 """
 
 from __future__ import annotations
@@ -20,7 +10,9 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import IO, Any
+from typing import IO
+
+from compress.schema import Event, LogEvent, ProgressEvent, StageEvent
 
 
 class Progress:
@@ -36,14 +28,14 @@ class Progress:
         self._last_emit = 0.0
         self._total = 100.0
 
-    def emit(self, event: str, **fields: Any) -> None:
+    def emit(self, event: Event) -> None:
         if self.json_out is not None:
-            self.json_out.write(json.dumps({"event": event, **fields}) + "\n")
+            self.json_out.write(json.dumps(event.dump()) + "\n")
             self.json_out.flush()
 
     def log(self, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
-        self.emit("log", message=message)
+        self.emit(LogEvent(message=message))
 
     def plan(self, stages: list[str]) -> None:
         self.stages = list(stages)
@@ -57,7 +49,7 @@ class Progress:
         self._stage_start = time.monotonic()
         self._last_emit = 0.0
         self._total = total
-        self.emit("stage", stage=name, index=self.index + 1, stages=len(self.stages))
+        self.emit(StageEvent(stage=name, index=self.index + 1, stages=len(self.stages)))
         if self.bars:
             from tqdm import tqdm
 
@@ -87,12 +79,13 @@ class Progress:
         eta = elapsed * (1 - fraction) / fraction if fraction > 0 else None
         overall = (self.index + fraction) / max(len(self.stages), 1) * 100
         self.emit(
-            "progress",
-            stage=self.stages[self.index] if self.index >= 0 else None,
-            percent=round(fraction * 100, 1),
-            eta_s=round(eta, 1) if eta is not None else None,
-            overall_percent=round(overall, 1),
-            detail=detail or {},
+            ProgressEvent(
+                stage=self.stages[self.index] if self.index >= 0 else None,
+                percent=round(fraction * 100, 1),
+                eta_s=round(eta, 1) if eta is not None else None,
+                overall_percent=round(overall, 1),
+                detail=detail or {},
+            )
         )
 
     def finish_stage(self) -> None:

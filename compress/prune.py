@@ -24,7 +24,7 @@ from torch import nn
 from compress import texts
 
 if TYPE_CHECKING:
-    from compress.build import BuildContext
+    from compress.context import BuildContext
     from compress.recipes import LayerPruneStep, SparsifyStep
 
 

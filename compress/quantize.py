@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from compress import texts
 
 if TYPE_CHECKING:
-    from compress.build import BuildContext
+    from compress.context import BuildContext
     from compress.recipes import QuantizeStep
 
 

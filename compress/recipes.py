@@ -1,8 +1,8 @@
 """Recipes: declarative chains of compression steps, read from YAML or from a name.
 
 A recipe is a list of steps. Each step is a pydantic model whose fields are its YAML keys
-(unknown keys are errors) and whose `apply` runs it on an in-memory model. The numeric work
-lives in sibling modules (quantize, prune, distill); this file only says what to do.
+(unknown keys are errors). This module is data only: it imports none of the modules that do
+the numeric work (quantize, prune, distill); build.py runs each step with its module.
 
 Names compose with "+": `prune-0.25+distill+w8a8` is the chain of the named recipes
 `prune-0.25`, `distill` and `w8a8`. Named recipes:
@@ -113,11 +113,6 @@ class QuantizeStep(Strict):
             return "fp8-dynamic"
         return "w8a8" if self.algorithm == "gptq" else "w8a8-rtn"
 
-    def apply(self, model, tokenizer, ctx) -> Any:
-        from compress import quantize
-
-        return quantize.apply(self, model, tokenizer, ctx)
-
 
 class LayerPruneStep(Strict):
     """Drop whole decoder layers, chosen by a similarity score on calibration text."""
@@ -142,11 +137,6 @@ class LayerPruneStep(Strict):
     def tag(self) -> str:
         return f"prune{self.fraction:g}" + ("-angular" if self.metric == "angular" else "")
 
-    def apply(self, model, tokenizer, ctx) -> Any:
-        from compress import prune
-
-        return prune.apply_layer_prune(self, model, tokenizer, ctx)
-
 
 class SparsifyStep(Strict):
     """Unstructured (Wanda) or 2:4 (SparseGPT) weight pruning with llm-compressor."""
@@ -167,11 +157,6 @@ class SparsifyStep(Strict):
         if self.mask_structure == "2:4":
             return f"{self.method}-2of4"
         return f"{self.method}{self.sparsity:g}"
-
-    def apply(self, model, tokenizer, ctx) -> Any:
-        from compress import prune
-
-        return prune.apply_sparsify(self, model, tokenizer, ctx)
 
 
 class DistillStep(Strict):
@@ -196,11 +181,6 @@ class DistillStep(Strict):
 
     def tag(self) -> str:
         return "distill" if self.direction == "forward" else "distill-rkl"
-
-    def apply(self, model, tokenizer, ctx) -> Any:
-        from compress import distill
-
-        return distill.apply(self, model, tokenizer, ctx)
 
 
 Step = Annotated[

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from compress.schema import Card, ModelRef
+
 
 def pareto(points: list[tuple[float, float]], maximize_x: bool) -> list[int]:
     """Indices of non-dominated points; y (KL) is minimized, x maximized or minimized."""
@@ -30,44 +32,43 @@ def _num(x: float | None, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
 
-def rows(variants: list[tuple[Path, dict]]) -> list[dict]:
+def rows(variants: list[tuple[Path, Card]]) -> list[dict]:
     out = []
     for path, card in variants:
-        q, size, speed = card["quality"], card["size"], card.get("speed", {})
-        v32 = speed.get("variant", {}).get("streams_32", {})
-        v1 = speed.get("variant", {}).get("streams_1", {})
+        q, size, speed = card.quality, card.size, card.speed
+        v32, v1 = speed.variant.streams_32, speed.variant.streams_1
         out.append(
             {
-                "variant": card["variant"],
+                "variant": card.variant,
                 "hash": path.name,
-                "ppl": q["perplexity"],
-                "ppl_change": q.get("perplexity_change"),
-                "kl": q["kl_to_base"],
-                "top1": q["top1_agreement"],
-                "last_word": q["last_word_accuracy"],
-                "mb": size["bytes"] / 1e6,
-                "size_ratio": size["size_ratio"],
-                "tok_s_32": v32.get("tokens_per_s"),
-                "speedup_32": speed.get("speedup_32"),
-                "tok_s_1": v1.get("tokens_per_s"),
-                "ttft_1": v1.get("ttft_s_mean"),
-                "base": card["base"],
-                "base_ppl": q["base_perplexity"],
-                "base_last_word": q["base_last_word_accuracy"],
-                "base_tok_s_32": speed.get("base", {}).get("streams_32", {}).get("tokens_per_s"),
+                "ppl": q.perplexity,
+                "ppl_change": q.perplexity_change,
+                "kl": q.kl_to_base,
+                "top1": q.top1_agreement,
+                "last_word": q.last_word_accuracy,
+                "mb": size.bytes / 1e6,
+                "size_ratio": size.size_ratio,
+                "tok_s_32": v32.tokens_per_s,
+                "speedup_32": speed.speedup_32,
+                "tok_s_1": v1.tokens_per_s,
+                "ttft_1": v1.ttft_s_mean,
+                "base": card.base,
+                "base_ppl": q.base_perplexity,
+                "base_last_word": q.base_last_word_accuracy,
+                "base_tok_s_32": speed.base.streams_32.tokens_per_s,
             }
         )
     return out
 
 
 def markdown(table: list[dict]) -> str:
-    base = table[0]["base"]
+    base: ModelRef = table[0]["base"]
     lines = [
-        f"# Variants of {base['name']} ({base['fingerprint']})",
+        f"# Variants of {base.name} ({base.fingerprint})",
         "",
         f"Base: perplexity {table[0]['base_ppl']:.2f}, last-word accuracy "
-        f"{table[0]['base_last_word']:.2f}, {base['size_bytes'] / 1e6:.0f} MB, "
-        f"{base['parameters'] / 1e6:.1f} M parameters.",
+        f"{table[0]['base_last_word']:.2f}, {base.size_bytes / 1e6:.0f} MB, "
+        f"{base.parameters / 1e6:.1f} M parameters.",
         "",
         "| variant | ppl | ppl vs base | KL to base | top-1 agree | last word | MB | size vs base "
         "| tok/s 32 streams | speed vs base | tok/s 1 stream | TTFT 1 stream (s) |",
@@ -100,7 +101,7 @@ def plot(table: list[dict], path: Path) -> None:
     for ax, (xlabel, key, maximize, rs) in zip(axes[0], panels, strict=True):
         # The base is the point (1, 0): every variant is judged against it.
         pts = [(1.0, 0.0)] + [(r[key], r["kl"]) for r in rs]
-        names = ["base"] + [r["variant"].removeprefix(r["base"]["name"] + "-") for r in rs]
+        names = ["base"] + [r["variant"].removeprefix(f"{r['base'].name}-") for r in rs]
         front = pareto(pts, maximize)
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], c="tab:gray", label="variant")
         fp = sorted((pts[i] for i in front), key=lambda p: p[0])
@@ -111,13 +112,13 @@ def plot(table: list[dict], path: Path) -> None:
         ax.set_ylabel("KL divergence to base (nats/token, lower is better)")
         ax.grid(alpha=0.3)
         ax.legend(loc="upper right", fontsize=8)
-    fig.suptitle(f"{table[0]['base']['name']}: quality vs cost")
+    fig.suptitle(f"{table[0]['base'].name}: quality vs cost")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write(variants: list[tuple[Path, dict]], out: Path) -> tuple[Path, Path]:
+def write(variants: list[tuple[Path, Card]], out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     table = rows(variants)
     md, png = out / "report.md", out / "report.png"

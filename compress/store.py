@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from compress.schema import Card
+
 CARD = "card.json"
 RECIPE = "recipe.yaml"
 BASE_INFO = "base.json"
@@ -90,11 +92,11 @@ def write_base_info(store: Path, base_fp: str, info: dict) -> None:
     os.replace(tmp, path)
 
 
-def read_card(path: Path) -> dict:
-    return json.loads((path / CARD).read_text())
+def read_card(path: Path) -> Card:
+    return Card.model_validate_json((path / CARD).read_text())
 
 
-def list_variants(store: Path, base_fp: str | None = None) -> list[tuple[Path, dict]]:
+def list_variants(store: Path, base_fp: str | None = None) -> list[tuple[Path, Card]]:
     """Every complete variant (optionally of one base), as (folder, card)."""
     out = []
     if not store.is_dir():

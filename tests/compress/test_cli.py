@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from compress import store as store_mod
+from compress.schema import DoneEvent, ProgressEvent, StartEvent, parse_event
 
 from .conftest import REPO, json_lines, run_cli, tree
+from .helpers import check_card
 
 
 def test_list_recipes():
@@ -79,6 +81,10 @@ def test_progress_json_contract(tiny_base, store):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     events = json_lines(out.stdout)  # every stdout line is JSON
+    parsed = [parse_event(e) for e in events]  # ... and an event of the schema
+    assert isinstance(parsed[0], StartEvent) and isinstance(parsed[-1], DoneEvent)
+    assert all(p is not None for p in parsed)
+    assert any(isinstance(p, ProgressEvent) for p in parsed)
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done"
     assert events[0]["stages"] == ["load", "quantize", "save", "evaluate"]
@@ -90,6 +96,8 @@ def test_progress_json_contract(tiny_base, store):
     assert done["skipped"] is False
     assert store_mod.is_complete(REPO / done["path"])
     card = done["card"]
+    check_card(card)
+    assert json.loads((Path(done["path"]) / store_mod.CARD).read_text()) == card
     for key in ("perplexity", "kl_to_base", "top1_agreement", "last_word_accuracy"):
         assert isinstance(card["quality"][key], float)
     assert card["size"]["bytes"] > 0 and card["size"]["parameters"] > 0
@@ -101,7 +109,8 @@ def test_progress_json_contract(tiny_base, store):
         "--calibration-samples", "4", "--progress-json", "--no-bars",
     )  # fmt: skip
     assert again.returncode == 0
-    assert json_lines(again.stdout)[-1]["skipped"] is True
+    found = json_lines(again.stdout)[-1]
+    assert found["skipped"] is True and found["card"] == card  # the stored card, unchanged
 
     rep = run_cli("report", "--store", str(store))
     assert rep.returncode == 0, rep.stderr

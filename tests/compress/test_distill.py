@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from compress import checkpoint, distill, prune
-from compress.build import BuildContext
+from compress.context import BuildContext
 from compress.progress import Progress
 from compress.recipes import DistillStep
 from compress.texts import CALIBRATION_TEXT, HELDOUT_TEXT, read_text

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from compress import checkpoint, speed
+from compress.schema import Card
 
 from .conftest import json_lines, run_cli
 
@@ -76,6 +77,7 @@ def vllm_python() -> str:
 def test_builds_with_a_measured_card(variants, recipe):
     done = variants(recipe)
     card = done["card"]
+    assert Card.model_validate(card).dump() == card  # the schema reads it whole
     assert card["variant"].startswith("smollm2-135m-instruct-")
     q = card["quality"]
     assert q["perplexity"] > 1 and q["base_perplexity"] > 1
@@ -122,6 +124,7 @@ def test_loads_and_generates_in_vllm(variants, recipe, vllm_python, tmp_path):
 
 def test_speed_is_measured_against_the_base(variants, vllm_python):
     card = variants(SPEED_RECIPE)["card"]
+    assert Card.model_validate(card).speed.speedup_32 == card["speed"]["speedup_32"]
     s = card["speed"]
     assert s["status"] == "measured", s["status"]
     for who in ("base", "variant"):

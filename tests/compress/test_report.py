@@ -6,9 +6,10 @@ from pathlib import Path
 
 from compress import report
 from compress.progress import Progress
+from compress.schema import Card
 
 
-def fake_card(name: str, kl: float, size_ratio: float, speedup: float | None) -> dict:
+def fake_card(name: str, kl: float, size_ratio: float, speedup: float | None) -> Card:
     speed = {"status": "skipped"}
     if speedup is not None:
         speed = {
@@ -20,21 +21,29 @@ def fake_card(name: str, kl: float, size_ratio: float, speedup: float | None) ->
             },
             "speedup_32": speedup,
         }
-    return {
-        "variant": f"m-{name}",
-        "base": {"name": "m", "fingerprint": "f", "size_bytes": 269e6, "parameters": 135e6},
-        "quality": {
-            "perplexity": 16.0 * (1 + kl),
-            "perplexity_change": kl,
-            "base_perplexity": 16.0,
-            "kl_to_base": kl,
-            "top1_agreement": 1 - kl,
-            "last_word_accuracy": 0.4,
-            "base_last_word_accuracy": 0.4,
-        },
-        "size": {"bytes": 269e6 * size_ratio, "size_ratio": size_ratio},
-        "speed": speed,
-    }
+    # A partial card (no recipe, data, serving ...): the report reads only these fields.
+    return Card.model_validate(
+        {
+            "variant": f"m-{name}",
+            "base": {
+                "name": "m",
+                "fingerprint": "f",
+                "size_bytes": 269_000_000,
+                "parameters": 135_000_000,
+            },
+            "quality": {
+                "perplexity": 16.0 * (1 + kl),
+                "perplexity_change": kl,
+                "base_perplexity": 16.0,
+                "kl_to_base": kl,
+                "top1_agreement": 1 - kl,
+                "last_word_accuracy": 0.4,
+                "base_last_word_accuracy": 0.4,
+            },
+            "size": {"bytes": round(269e6 * size_ratio), "size_ratio": size_ratio},
+            "speed": speed,
+        }
+    )
 
 
 def test_pareto_frontier():
