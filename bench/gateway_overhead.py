@@ -22,16 +22,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.loadgen import one_request, run_round  # noqa: E402
-from tests.server.gateway import REPO, start_gateway  # noqa: E402
+from tests.server.gateway import REPO, engine_headers, start_gateway  # noqa: E402
 
 
-async def paired_ttft(gateway_url: str, engine_url: str, model: str, pairs: int) -> dict:
+async def paired_ttft(
+    gateway_url: str, engine_url: str, model: str, pairs: int, headers: dict[str, str]
+) -> dict:
     """What the gateway adds to time to first token, without queueing in the way: one request
     at a time, direct and through the gateway in alternating order, paired differences."""
     import httpx
 
     differences = []
-    async with httpx.AsyncClient(timeout=120) as client:
+    async with httpx.AsyncClient(timeout=120, headers=headers) as client:
         for i in range(pairs):
             order = (engine_url, gateway_url) if i % 2 == 0 else (gateway_url, engine_url)
             got = {}
@@ -49,21 +51,26 @@ async def paired_ttft(gateway_url: str, engine_url: str, model: str, pairs: int)
     }
 
 
-async def measure(gateway_url: str, engine_url: str, model: str, args) -> dict:
-    await run_round("warmup", engine_url, model, args.concurrency, args.concurrency, 16)
+async def measure(
+    gateway_url: str, engine_url: str, model: str, args, headers: dict[str, str]
+) -> dict:
+    """`headers`: the engine's key; the gateway (no API keys here) ignores it."""
+    await run_round("warmup", engine_url, model, args.concurrency, args.concurrency, 16, headers)
     rounds = {"direct": [], "gateway": []}
     for i in range(args.rounds):
         order = ("direct", "gateway") if i % 2 == 0 else ("gateway", "direct")
         for label in order:
             url = engine_url if label == "direct" else gateway_url
-            r = await run_round(label, url, model, args.concurrency, args.requests, args.max_tokens)
+            r = await run_round(
+                label, url, model, args.concurrency, args.requests, args.max_tokens, headers
+            )
             rounds[label].append(r)
             print(
                 f"round {i} {label:8s} {r.tokens_per_s:7.1f} tok/s  median TTFT "
                 f"{r.median_ttft_s * 1000:7.1f} ms  errors {r.errors}",
                 flush=True,
             )
-    paired = await paired_ttft(gateway_url, engine_url, model, args.ttft_pairs)
+    paired = await paired_ttft(gateway_url, engine_url, model, args.ttft_pairs, headers)
     if not args.rounds:
         return paired
     direct_tps = statistics.median(r.tokens_per_s for r in rounds["direct"])
@@ -101,7 +108,9 @@ def main() -> None:
         gateway.wait_ready()
         engine = gateway.engine()
         model = next(iter(gateway.ready_info()["engines"]))
-        result = asyncio.run(measure(gateway.url, engine["url"], model, args))
+        result = asyncio.run(
+            measure(gateway.url, engine["url"], model, args, engine_headers(engine))
+        )
     finally:
         gateway.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)

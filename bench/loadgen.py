@@ -80,7 +80,13 @@ async def one_request(
 
 
 async def run_round(
-    label: str, url: str, model: str, concurrency: int, requests: int, max_tokens: int
+    label: str,
+    url: str,
+    model: str,
+    concurrency: int,
+    requests: int,
+    max_tokens: int,
+    headers: dict[str, str] | None = None,
 ) -> Round:
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(requests):
@@ -89,7 +95,7 @@ async def run_round(
     limits = httpx.Limits(
         max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2
     )
-    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=300, limits=limits, headers=headers) as client:
 
         async def worker() -> None:
             while not queue.empty():

@@ -20,6 +20,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.http_limits import protocol_class
     from server.settings import load_settings
 
     try:
@@ -33,6 +34,7 @@ def serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine call is noise
+    limits = settings.limits
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
@@ -40,6 +42,10 @@ def serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
         access_log=False,
+        # Header deadline and size cap (server/http_limits.py); uvicorn's own cap on open
+        # connections and requests in progress.
+        http=protocol_class(limits.header_timeout_s, limits.max_header_bytes),
+        limit_concurrency=limits.max_connections,
     )
     uvicorn.Server(config).run()
     return 0

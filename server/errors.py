@@ -76,24 +76,34 @@ def sse_error_event(error: APIError) -> bytes:
 _UNION_TAG = re.compile(r"^(str|int|float|bool|list|dict|none|[\w-]+\[.*\])$")
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, str]:
+    """(message, param, code) for the first problem found."""
     errors = exc.errors()
     if not errors:
-        return "Invalid request body.", None
+        return "Invalid request body.", None, "invalid_value"
     first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _UNION_TAG.match(str(p))]
+    # Names come from the caller: cut them short before they are echoed.
+    loc = [
+        str(p)[:64] for p in first.get("loc", ()) if p != "body" and not _UNION_TAG.match(str(p))
+    ]
     if first.get("type") == "json_invalid":
-        return f"Malformed JSON body: {first.get('msg', 'could not parse')}.", None
+        return f"Malformed JSON body: {first.get('msg', 'could not parse')}.", None, "invalid_value"
     if first.get("type") == "missing" and not loc:
-        return "The request body is missing: send a JSON object.", None
+        return "The request body is missing: send a JSON object.", None, "invalid_value"
     param = ".".join(loc) or None
+    if first.get("type") == "extra_forbidden":
+        from server.inference.protocol import FIELD_HINTS
+
+        hint = FIELD_HINTS.get(loc[-1], "this endpoint does not take it") if loc else ""
+        return f"Unknown field '{param}': {hint}.", param, "unknown_field"
     message = first.get("msg", "invalid value")
-    return (f"Invalid value for '{param}': {message}." if param else f"{message}."), param
+    text = f"Invalid value for '{param}': {message}." if param else f"{message}."
+    return text, param, "invalid_value"
 
 
 async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
-    message, param = _validation_message(exc)
-    return JSONResponse(error_body(message, "invalid_request_error", param, "invalid_value"), 400)
+    message, param, code = _validation_message(exc)
+    return JSONResponse(error_body(message, "invalid_request_error", param, code), 400)
 
 
 async def api_error_handler(request: Request, exc: APIError) -> JSONResponse:

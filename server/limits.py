@@ -1,17 +1,16 @@
-"""Request limits: body size (413), a rate per API key (429 + Retry-After) and concurrent
-streams (429). The token bucket and the counters live in this process: with several gateway
-replicas, each enforces its share (configure the per-replica rate)."""
+"""Request limits: a rate per API key (429 + Retry-After) and concurrent streams (429); body and
+header limits are in http_limits.py. The token bucket and the counters live in this process:
+with several gateway replicas, each enforces its share (configure the per-replica rate)."""
 
 from __future__ import annotations
 
 import hashlib
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from server.errors import APIError, error_body
+from server.errors import APIError
 
 
 @dataclass
@@ -35,10 +34,22 @@ class TokenBucket:
 
 
 class RateLimiter:
-    def __init__(self, per_minute: int | None, max_keys: int = 100_000):
+    """Token buckets per caller (an API key, or a client address): `per_minute` requests, with
+    bursts up to that many. At `max_keys` buckets the least recently used one is forgotten,
+    one at a time, so a flood of new callers cannot reset everyone's bucket."""
+
+    def __init__(
+        self,
+        per_minute: int | None,
+        max_keys: int = 100_000,
+        message: str = "Rate limit of {per_minute} requests per minute reached.",
+        code: str = "rate_limit_exceeded",
+    ):
         self.per_minute = per_minute
-        self.buckets: dict[str, TokenBucket] = {}
+        self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self.max_keys = max_keys
+        self.message = message
+        self.code = code
 
     def check(self, who: str) -> None:
         if self.per_minute is None:
@@ -47,73 +58,45 @@ class RateLimiter:
         key = hashlib.sha256(who.encode()).hexdigest()[:32]
         bucket = self.buckets.get(key)
         if bucket is None:
-            if len(self.buckets) >= self.max_keys:
-                self.buckets.clear()  # bounded memory; at worst a burst is forgiven
+            while len(self.buckets) >= self.max_keys:
+                self.buckets.popitem(last=False)
             bucket = self.buckets[key] = TokenBucket(self.per_minute / 60, self.per_minute)
+        else:
+            self.buckets.move_to_end(key)
         wait = bucket.take()
         if wait > 0:
             raise APIError(
                 429,
-                f"Rate limit of {self.per_minute} requests per minute reached.",
+                self.message.format(per_minute=self.per_minute),
                 "rate_limit_error",
                 None,
-                "rate_limit_exceeded",
+                self.code,
                 {"Retry-After": str(max(1, math.ceil(wait)))},
             )
 
 
-class BodySizeLimit:
-    """Pure ASGI middleware: refuses bodies over `max_bytes` before reading them whole."""
+class StreamSlot:
+    """One of limits.max_concurrent_streams for one request: taken when a stream is admitted,
+    given back once when it ends, however it ends (release() again is a no-op)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
+    def __init__(self, state) -> None:
+        self.state = state  # has open_streams (server.state.AppState)
+        self.held = False
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(send)
-        seen = 0
-
-        async def counting_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, counting_receive, send)
-        except _TooLarge:
-            await self._refuse(send)
-
-    async def _refuse(self, send: Send) -> None:
-        import json
-
-        body = json.dumps(
-            error_body(
-                f"Request body over {self.max_bytes} bytes.",
-                "invalid_request_error",
+    def take(self, limit: int | None) -> None:
+        if limit is not None and self.state.open_streams >= limit:
+            raise APIError(
+                429,
+                f"This server streams at most {limit} responses at once; retry shortly.",
+                "rate_limit_error",
                 None,
-                "body_too_large",
+                "too_many_streams",
+                {"Retry-After": "1"},
             )
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        self.state.open_streams += 1
+        self.held = True
 
-
-class _TooLarge(Exception):
-    pass
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.state.open_streams -= 1

@@ -23,10 +23,26 @@ class EngineSettings(BaseModel):
 
     python: str = Field(default=sys.executable, description="Python that has vLLM installed.")
     host: str = "127.0.0.1"
-    kv_cache_gib: float = Field(default=1.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE on CPUs.")
-    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    kv_cache_gib: float = Field(
+        default=1.0,
+        gt=0,
+        description="KV cache per engine: VLLM_CPU_KVCACHE_SPACE on CPUs; on GPUs the KV budget "
+        "the placement plan counts per engine when it packs engines onto GPUs.",
+    )
+    gpu_memory_utilization: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="The share of each GPU that the engines on it take together (the plan "
+        "splits it between them as --gpu-memory-utilization). None: 0.9, vLLM's default.",
+    )
     max_model_len: int | None = Field(default=2048, ge=16)
-    enforce_eager: bool = Field(default=True, description="Skip torch.compile: 3x faster start.")
+    enforce_eager: bool = Field(
+        default=False,
+        description="Skip torch.compile (vLLM's --enforce-eager): starts ~3x faster, computes "
+        "~20 % slower on CPUs. Off (compiled, as plain vLLM), with vLLM's compile cache kept in "
+        "<home>/compile-cache so a restart skips most of the compilation.",
+    )
     start_timeout_s: float = Field(default=900, gt=0, description="Large models load for minutes.")
     extra_args: list[str] = Field(default_factory=list, description="More vLLM CLI arguments.")
     trust_remote_code: bool = Field(
@@ -43,16 +59,71 @@ class EngineSettings(BaseModel):
     )
     cpu_spread: bool = Field(
         default=True,
-        description="On CPUs, pin each engine to its own core, round robin: left alone, every "
-        "vLLM CPU engine binds to the same first core.",
+        description="On CPUs, bind each engine to the cores the placement plan gives it "
+        "(`leanserve plan`). Off: vLLM's own binding, where every engine binds to the same "
+        "first NUMA node's cores.",
     )
     cpus: list[int] | None = Field(
         default=None,
         min_length=1,
-        description="The cores the engines run on (each engine's whole process tree; cpu_spread "
-        "spreads over these). Where the gateway shares a host with its engines, leaving it a "
-        "core of its own keeps its latency out of the engines' way. None: every core.",
+        description="The cores the engines may run on; the placement plan splits these. None: "
+        "every core this process may use, less engine.reserved_cpus for the gateway.",
     )
+    reserved_cpus: int | None = Field(
+        default=None,
+        ge=0,
+        description="Cores kept for the gateway (the first cores of the first NUMA node): no "
+        "engine computes there; the engines' API servers may (api_server_on_reserved). None: 1, "
+        "or 0 on a one-core machine or when engine.cpus is set (the cores it leaves out are the "
+        "gateway's).",
+    )
+    api_server_on_reserved: bool = Field(
+        default=True,
+        description="Let each engine's vLLM API server (HTTP, tokenizer, detokenizer) run on the "
+        "reserved cores as well as its own, as plain vLLM's does on the core vLLM reserves; its "
+        "compute threads stay on the engine's cores. Off: the whole process tree stays on them.",
+    )
+    share_cores: bool = Field(
+        default=True,
+        description="With fewer free cores than engines, let variants share cores (with each "
+        "other, or with the base at nice shared_nice). Off: such a plan is refused at start.",
+    )
+    shared_nice: int = Field(
+        default=10,
+        ge=1,
+        le=19,
+        description="Nice value of variants that share cores with the base: the base keeps "
+        "priority, and an idle variant's polling does not slow it.",
+    )
+    weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="Share of the cores per engine where engines split a NUMA node: keys "
+        "'base' or a variant id (w8a8), values > 0. Default: 1 per variant, and the base as "
+        "much as all variants together.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where engines run: auto is cuda where NVML finds a GPU."
+    )
+    tensor_parallel_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="The base's tensor parallelism on GPUs. None: the smallest power of two "
+        "whose share of the model fits one GPU. Variants always get the smallest that fits.",
+    )
+    build_gpu_fraction: float = Field(
+        default=0.2,
+        ge=0,
+        lt=1,
+        description="Where every GPU serves an engine: the share of one GPU kept free for "
+        "compress jobs (none fits: builds run on the CPU). A free GPU is used whole.",
+    )
+
+    @model_validator(mode="after")
+    def _weights_positive(self) -> EngineSettings:
+        bad = {k: v for k, v in self.weights.items() if not v > 0}
+        if bad:
+            raise ValueError(f"engine.weights must be > 0: {bad}")
+        return self
 
     @model_validator(mode="after")
     def _cpus_exist(self) -> EngineSettings:
@@ -112,6 +183,41 @@ class ArmSettings(BaseModel):
         return self
 
 
+class GuardrailSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: Literal["error_rate", "ttft_p95", "latency", "feedback"] = Field(
+        description="error_rate counts errors and fallbacks (the arm's variant failed and another "
+        "served the request)."
+    )
+    margin: float = Field(
+        ge=0,
+        description="How much worse than the control the arm may be before it is stopped, once "
+        "the always-valid statistics show it: error_rate and feedback absolute (0.05 = 5 points "
+        "more errors; 0.5 = half a point lower score), latency (mean) and ttft_p95 relative "
+        "(0.1 = 10 % slower).",
+    )
+
+
+class RampSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steps: list[float] = Field(
+        min_length=1,
+        description="Shares of their full traffic the non-control arms get, step by step (the "
+        "rest goes to the control); the last one holds.",
+    )
+    step_s: float = Field(gt=0, description="Seconds of running time per step.")
+
+    @model_validator(mode="after")
+    def _steps_grow(self):
+        if any(not 0 < s <= 1 for s in self.steps):
+            raise ValueError("ramp steps are shares in (0, 1]")
+        if self.steps != sorted(self.steps):
+            raise ValueError("ramp steps must not decrease")
+        return self
+
+
 class ExperimentSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -121,6 +227,14 @@ class ExperimentSettings(BaseModel):
         default=None, description="The arm others are compared to; the first."
     )
     state: Literal["running", "paused", "stopped"] = "running"
+    guardrails: list[GuardrailSettings] = Field(
+        default_factory=list,
+        description="A non-control arm shown worse than the control by more than a margin is "
+        "stopped: its users go to the control.",
+    )
+    ramp: RampSettings | None = Field(
+        default=None, description="Grow the non-control arms' traffic step by step."
+    )
 
     @model_validator(mode="after")
     def _control_is_an_arm(self):
@@ -138,11 +252,64 @@ class LimitsSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Larger: 413.")
-    max_tokens: int | None = Field(default=None, ge=1, description="Cap on max_tokens asked for.")
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Cap on tokens generated per sequence: a larger max_tokens or "
+        "max_completion_tokens is a 400; a request that asks for none is sent with this cap.",
+    )
     requests_per_minute: int | None = Field(
-        default=None, ge=1, description="Per API key (per client address when keys are off): 429."
+        default=None,
+        ge=1,
+        description="Per API key (per client address when keys are off), over inference, "
+        "/v1/feedback and admin writes together: 429.",
+    )
+    failed_auth_per_minute: int | None = Field(
+        default=60,
+        ge=1,
+        description="Requests with a missing or wrong key, per client address; beyond it: 429.",
+    )
+    max_prompts: int = Field(
+        default=16, ge=1, description="Prompts in one /v1/completions request; more: 400."
+    )
+    allow_structured_outputs: bool = Field(
+        default=False,
+        description="Relay response_format json_object/json_schema and structured_outputs "
+        "(the engine compiles a grammar from the caller's schema). Off: 400.",
+    )
+    allow_prompt_logprobs: bool = Field(
+        default=False, description="Relay prompt_logprobs (0-20). Off: 400."
+    )
+    unattached_feedback_ttl_s: float = Field(
+        default=86_400,
+        gt=0,
+        description="Feedback for a request id with no recorded outcome is deleted after this.",
+    )
+    unattached_feedback_max: int = Field(
+        default=100_000, ge=1, description="At most this many such rows are kept (oldest go)."
     )
     max_concurrent_streams: int | None = Field(default=None, ge=1, description="Beyond it: 429.")
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="From a connection's accept (or a request's first byte) to the end of its "
+        "headers; later: 408 and the connection closed (slow-header clients).",
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="From the end of a request's headers to the end of its body; later: 408 and "
+        "the connection closed.",
+    )
+    max_header_bytes: int = Field(
+        default=16 * 1024, ge=1024, description="Request line and headers; larger: 431 and close."
+    )
+    max_connections: int | None = Field(
+        default=1000,
+        ge=2,
+        description="Open client connections (and requests in progress); at the cap a new "
+        "request gets 503 and its connection is closed (uvicorn's limit_concurrency).",
+    )
 
 
 class AuthSettings(BaseModel):
@@ -154,7 +321,12 @@ class AuthSettings(BaseModel):
     api_keys_file: Path | None = Field(default=None, description="One key per line.")
     admin_key: str | None = None
     admin_key_file: Path | None = None
-    metrics_key: str | None = Field(default=None, description="When set, /metrics needs it too.")
+    metrics_key: str | None = Field(
+        default=None,
+        description="When set, /metrics needs it (or, with api_keys set, an API key); with "
+        "api_keys set and no metrics key, /metrics takes an API key.",
+    )
+    metrics_key_file: Path | None = Field(default=None, description="The metrics key, in a file.")
 
 
 class Settings(BaseSettings):
@@ -176,6 +348,17 @@ class Settings(BaseSettings):
         description="Variant name -> base URL of an OpenAI-compatible engine that runs elsewhere. "
         "A base served remotely starts no local engine.",
     )
+    remote_engine_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="Name in remote_engines -> the key that engine takes (vLLM's --api-key or "
+        "VLLM_API_KEY), sent as a Bearer token on every call to it. Local engines get a "
+        "generated key of their own.",
+    )
+    remote_engine_key_files: dict[str, Path] = Field(
+        default_factory=dict,
+        description="Name in remote_engines -> a file holding that engine's key (a mounted "
+        "Secret); remote_engine_keys wins for a name in both.",
+    )
     variants: list[str] = Field(
         default_factory=lambda: ["w8a8", "w4a16"],
         description="Recipes (names or YAML files) built in the background and served when ready.",
@@ -185,6 +368,15 @@ class Settings(BaseSettings):
     experiments: list[ExperimentSettings] = Field(default_factory=list)
     experiment_store: str | None = Field(
         default=None, description="SQLAlchemy URL; default: SQLite file experiments.db in home."
+    )
+    experiment_refresh_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often each gateway reloads the experiments (definitions and states) from "
+        "the experiment store, which every replica shares.",
+    )
+    experiment_guardrail_check_s: float = Field(
+        default=5.0, gt=0, description="How often running experiments' guardrails are checked."
     )
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
@@ -204,10 +396,29 @@ class Settings(BaseSettings):
     metrics_enabled: bool = Field(
         default=True, description="Off: /metrics serves nothing and requests update no series."
     )
+    metrics_refresh_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the slow series (engines' processes, GPUs, each engine's own "
+        "/metrics) are collected, in the background; a scrape serves the latest collection.",
+    )
+    docs_enabled: bool | None = Field(
+        default=None,
+        description="Serve /docs, /redoc and /openapi.json. Unset: served when the gateway is "
+        "open (no API keys), not served once API keys are set.",
+    )
     max_n: int = Field(default=8, ge=1, description="Largest n (choices per request) accepted.")
     request_timeout_s: float = Field(default=600, gt=0)
     drain_timeout_s: float = Field(default=30, ge=0, description="Grace period on SIGTERM.")
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _engine_keys_name_remote_engines(self) -> Settings:
+        named = {*self.remote_engine_keys, *self.remote_engine_key_files}
+        unknown = sorted(named - set(self.remote_engines))
+        if unknown:  # a misspelt name would silently send no key
+            raise ValueError(f"remote_engine_keys names no remote engine: {unknown}")
+        return self
 
 
 def load_settings(config_file: Path | str | None = None, **overrides) -> Settings:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -19,6 +19,7 @@ from server.variants.service import VariantManager
 class Keys:
     api: list[str]
     admin: str | None
+    metrics: str | None = None
 
 
 @dataclass
@@ -31,6 +32,8 @@ class AppState:
     keys: Keys
     limiter: RateLimiter
     open_streams: int = 0
+    # Failed authentications, per client address (server/auth.py).
+    auth_failures: RateLimiter = field(default_factory=lambda: RateLimiter(None))
 
 
 def get_state(request: Request) -> AppState:

@@ -46,6 +46,15 @@ app.kubernetes.io/part-of: leanserve
 {{- default (printf "%s-keys" (include "leanserve.fullname" .)) .Values.auth.existingSecret }}
 {{- end }}
 
+{{/* The keys between the chart's parts (internal-keys.yaml), and where the gateway reads them. */}}
+{{- define "leanserve.internalKeysSecret" -}}
+{{- printf "%s-internal-keys" (include "leanserve.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "leanserve.internalKeysDir" -}}
+/etc/leanserve/internal
+{{- end }}
+
 {{/* Where the base checkpoint lives in the store, and the file that says it is complete. */}}
 {{- define "leanserve.baseDir" -}}
 {{- printf "%s/models/%s" .Values.store.mountPath .Values.model.name }}

@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
@@ -24,9 +25,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import psutil
+
+if TYPE_CHECKING:
+    from server.placement.plan import Placement
 
 log = logging.getLogger("leanserve.engine")
 
@@ -52,7 +57,7 @@ class EngineConfig:
     kv_cache_gib: float = 1.0
     gpu_memory_utilization: float | None = None
     max_model_len: int | None = 2048
-    enforce_eager: bool = True
+    enforce_eager: bool = False
     extra_args: list[str] = field(default_factory=list)
     log_path: Path | None = None
     start_timeout_s: float = 300
@@ -61,6 +66,9 @@ class EngineConfig:
     cpu_bind: str | None = None  # VLLM_CPU_OMP_THREADS_BIND, e.g. "1": which cores (CPU engines)
     nice: int = 0  # nice value of the engine's compute processes (not its API server)
     cpus: tuple[int, ...] | None = None  # cores the whole process tree may run on; None: all
+    # The placement plan's cores or GPUs for this engine: its env and flags are applied.
+    placement: Placement | None = None
+    compile_cache: Path | None = None  # VLLM_CACHE_ROOT: torch.compile artifacts survive restarts
 
     @classmethod
     def from_settings(cls, engine, name: str, model: str, **more) -> EngineConfig:
@@ -78,6 +86,14 @@ class EngineConfig:
             "nice": engine.nice,
             "cpus": tuple(engine.cpus) if engine.cpus else None,
         }
+        placement = more.get("placement")
+        if placement is not None:
+            # The plan decides cores, priority and GPU memory (its flags carry the fraction).
+            fields.update(
+                cpus=placement.affinity or fields["cpus"],
+                nice=placement.priority,
+                gpu_memory_utilization=None,
+            )
         return cls(name=name, model=model, **{**fields, **more})
 
     def command(self, port: int) -> list[str]:
@@ -91,6 +107,8 @@ class EngineConfig:
             cmd.append("--trust-remote-code")
         if self.gpu_memory_utilization:
             cmd += ["--gpu-memory-utilization", str(self.gpu_memory_utilization)]
+        if self.placement is not None:
+            cmd += list(self.placement.flags)  # before extra_args, which may override them
         return cmd + list(self.extra_args)
 
     def environment(self) -> dict[str, str]:
@@ -102,7 +120,17 @@ class EngineConfig:
             env["HF_HUB_OFFLINE"] = "1"
         if self.cpu_bind is not None:
             env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_bind
+        if self.compile_cache is not None:
+            env.setdefault("VLLM_CACHE_ROOT", str(self.compile_cache))
+        if self.placement is not None:
+            env.update(self.placement.env)  # the plan's cores and GPUs win over inherited ones
         return env
+
+
+def compile_cache_dir(home: Path) -> Path:
+    """Where engines keep vLLM's torch.compile artifacts (VLLM_CACHE_ROOT): in the store, so a
+    restarted compiled engine skips most of its compilation."""
+    return (home / "compile-cache").resolve()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -160,6 +188,9 @@ class EngineProcess:
         self._prepare = prepare
         self.port = config.port or free_port(config.host)
         self.url = f"http://{config.host}:{self.port}"
+        # Without a key anything on the host could call the engine around the gateway. Its own
+        # per engine, for its lifetime (restarts included); the gateway sends it on every call.
+        self.api_key = secrets.token_urlsafe(32)
         self.state = EngineState.STOPPED
         self.restarts = 0
         self.last_error: str | None = None
@@ -176,6 +207,10 @@ class EngineProcess:
         return self._proc.pid if self._proc and self._proc.returncode is None else None
 
     @property
+    def placement(self) -> Placement | None:
+        return self.config.placement
+
+    @property
     def ready(self) -> bool:
         return self.state == EngineState.READY
 
@@ -184,6 +219,11 @@ class EngineProcess:
         if self.state == EngineState.RESTARTING:
             return 15
         return 5
+
+    def environment(self) -> dict[str, str]:
+        # vLLM reads VLLM_API_KEY as it reads --api-key; the flag would show the key in the
+        # command line, which every user of the host can read (ps, /proc/<pid>/cmdline).
+        return {**self.config.environment(), "VLLM_API_KEY": self.api_key}
 
     async def start(self) -> None:
         self._stopping = False
@@ -261,7 +301,7 @@ class EngineProcess:
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *cfg.command(self.port),
-                env=cfg.environment(),
+                env=self.environment(),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file or asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.STDOUT,
@@ -276,7 +316,8 @@ class EngineProcess:
 
     async def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.config.start_timeout_s
-        async with httpx.AsyncClient(timeout=2.0) as client:
+        headers = {"Authorization": f"Bearer {self.api_key}"}  # vLLM leaves /health open
+        async with httpx.AsyncClient(timeout=2.0, headers=headers) as client:
             while time.monotonic() < deadline:
                 if self._proc.returncode is not None:
                     raise RuntimeError(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from compress.schema import Card
 from server.backends.engine_process import EngineProcess
 from server.backends.remote_engine import RemoteEngine
 from server.errors import model_not_found
@@ -25,7 +26,7 @@ class Backend:
     name: str  # public model name: "<base>" or "<base>:<variant>"
     engine: Engine
     client: httpx.AsyncClient
-    card: dict | None = None  # the variant's measured card; None for the base
+    card: Card | None = None  # the variant's measured card; None for the base
     in_flight: int = 0
     max_model_len: int | None = None  # read from the engine once it is ready
     variant: str | None = None  # recipe name; None for the base
@@ -49,7 +50,7 @@ class Backend:
             # that something else may hold open. A remote engine that misses a health check
             # may still be streaming: its connections stay.
             old = self.client
-            self.client = engine_client(str(old.base_url), old.timeout.read)
+            self.client = engine_client(str(old.base_url), old.timeout.read, self.engine.api_key)
             task = asyncio.get_running_loop().create_task(old.aclose())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
@@ -67,12 +68,14 @@ class Backend:
         return self.max_model_len
 
 
-def engine_client(url: str, timeout_s: float) -> httpx.AsyncClient:
+def engine_client(url: str, timeout_s: float, api_key: str | None = None) -> httpx.AsyncClient:
+    """Every call to the engine goes through this client, so each carries its key."""
     # No pool limit: the engine does its own queueing, and a cap here would add a second queue.
     return httpx.AsyncClient(
         base_url=url,
         timeout=httpx.Timeout(timeout_s, connect=5.0),
         limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
     )
 
 

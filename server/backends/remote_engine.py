@@ -16,9 +16,10 @@ log = logging.getLogger("leanserve.engine")
 class RemoteEngine:
     """Polls {url}/health; `ready` follows it. Same surface as EngineProcess."""
 
-    def __init__(self, name: str, url: str, poll_s: float = 2.0):
+    def __init__(self, name: str, url: str, poll_s: float = 2.0, api_key: str | None = None):
         self.name = name
         self.url = url.rstrip("/")
+        self.api_key = api_key  # remote_engine_keys: sent on every call, health checks included
         self.poll_s = poll_s
         self.state = EngineState.STARTING
         self.last_error: str | None = None
@@ -52,7 +53,8 @@ class RemoteEngine:
         self.state = EngineState.STOPPED
 
     async def _poll(self) -> None:
-        async with httpx.AsyncClient(timeout=2.0) as client:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        async with httpx.AsyncClient(timeout=2.0, headers=headers) as client:
             while True:
                 try:
                     healthy = (await client.get(f"{self.url}/health")).status_code == 200

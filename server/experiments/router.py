@@ -10,13 +10,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.exc import SQLAlchemyError
 
 from server.api_docs import ERROR_RESPONSES
-from server.auth import Admin, ApiKey
+from server.auth import Admin, ApiKey, RateLimited
 from server.errors import APIError
-from server.experiments.service import store_unavailable
+from server.experiments.service import ACTIONS, store_unavailable
 from server.settings import ExperimentSettings
 from server.state import State
 
 router = APIRouter(prefix="/v1", tags=["experiments"], responses=ERROR_RESPONSES)
+
+
+MAX_SCORE = 1e6
 
 
 class Feedback(BaseModel):
@@ -25,7 +28,8 @@ class Feedback(BaseModel):
     request_id: str = Field(
         min_length=1, max_length=64, description="From the X-Request-Id header."
     )
-    score: float
+    # Bounded: a few huge scores would overflow an arm's mean (to infinity, shown as null).
+    score: float = Field(ge=-MAX_SCORE, le=MAX_SCORE, description="Any scale within +-1e6.")
 
     @field_validator("score")
     @classmethod
@@ -35,16 +39,13 @@ class Feedback(BaseModel):
         return value
 
 
-def _view(e: ExperimentSettings) -> dict:
-    return e.model_dump()
-
-
 @router.get("/experiments", dependencies=[ApiKey])
 async def list_experiments(state: State) -> dict:
-    return {"data": [_view(e) for e in state.experiments.experiments.values()]}
+    experiments = state.experiments
+    return {"data": [experiments.view(e) for e in experiments.experiments.values()]}
 
 
-@router.post("/experiments", dependencies=[Admin], status_code=201)
+@router.post("/experiments", dependencies=[Admin, RateLimited], status_code=201)
 async def create_experiment(experiment: ExperimentSettings, state: State) -> dict:
     unknown = [a.variant for a in experiment.arms if a.variant not in state.variants.known_names()]
     if unknown:
@@ -55,20 +56,18 @@ async def create_experiment(experiment: ExperimentSettings, state: State) -> dic
             "arms",
             "unknown_variant",
         )
-    state.experiments.create(experiment)
-    state.metrics.add_experiment(experiment.name, [a.name for a in experiment.arms])
-    return _view(experiment)
+    created = await state.experiments.create(experiment)
+    return state.experiments.view(created)
 
 
 @router.get("/experiments/{name}", dependencies=[ApiKey])
 async def get_experiment(name: str, state: State) -> dict:
-    return _view(state.experiments.get(name))
+    return state.experiments.view(state.experiments.get(name))
 
 
-@router.post("/experiments/{name}/{action}", dependencies=[Admin])
+@router.post("/experiments/{name}/{action}", dependencies=[Admin, RateLimited])
 async def change_experiment(name: str, action: str, state: State) -> dict:
-    states = {"pause": "paused", "resume": "running", "stop": "stopped"}
-    if action not in states:
+    if action not in ACTIONS:
         raise APIError(
             404,
             f"Unknown action '{action}': use pause, resume or stop.",
@@ -76,7 +75,7 @@ async def change_experiment(name: str, action: str, state: State) -> dict:
             "action",
             "not_found",
         )
-    return _view(state.experiments.set_state(name, states[action]))
+    return state.experiments.view(await state.experiments.set_state(name, action))
 
 
 @router.get("/experiments/{name}/report", dependencies=[ApiKey])
@@ -86,7 +85,7 @@ async def experiment_report(name: str, state: State) -> dict:
     return report
 
 
-@router.post("/feedback", dependencies=[ApiKey])
+@router.post("/feedback", dependencies=[ApiKey, RateLimited])
 async def feedback(body: Feedback, state: State) -> dict:
     store = state.experiments.store
     await store.flush(timeout_s=5)

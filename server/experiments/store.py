@@ -4,16 +4,21 @@
 Writes go through a small queue drained by one background task, so a slow or locked database
 delays the records, never the responses; a write that fails is retried with backoff, and the
 queue is bounded so a database that stays down costs memory only up to a limit (then the oldest
-records are dropped, counted and logged).
+records are dropped, counted and logged). A batch the database refuses for what it holds (a value
+too long for its column, a constraint) is written row by row: the rows it refuses are dropped,
+counted and logged, so one bad record cannot block every later one. The same writer deletes,
+now and then, feedback that never found its request (expired, or beyond a cap).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict
 
 from sqlalchemy import (
@@ -25,10 +30,13 @@ from sqlalchemy import (
     Table,
     create_engine,
     delete,
+    exists,
+    func,
     insert,
     select,
 )
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 log = logging.getLogger("leanserve.experiments")
 
@@ -69,6 +77,11 @@ class OutcomeStore:
         self.pending: deque[dict] = deque(maxlen=max_pending)
         self.dropped = 0
         self.write_failures = 0
+        self.rejected = 0  # records the database refused, dropped
+        self.on_reject: Callable[[], None] | None = None  # e.g. a Prometheus counter's inc
+        self.feedback_ttl_s = 86_400.0  # unattached feedback older than this is deleted
+        self.feedback_max_unattached = 100_000
+        self.prune_every_s = 60.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -99,27 +112,98 @@ class OutcomeStore:
         return not self.pending
 
     async def _drain(self) -> None:
-        backoff = 0.1
+        backoff, failures = 0.1, 0
+        pruned_at = time.monotonic()
         while True:
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.prune_every_s)
             self._wake.clear()
+            if time.monotonic() - pruned_at >= self.prune_every_s:
+                pruned_at = time.monotonic()
+                await self._prune_quietly()
             while self.pending:
-                batch = list(self.pending)[:500]
+                batch = list(itertools.islice(self.pending, 500))
                 try:
                     await asyncio.to_thread(self._insert, batch)
-                except SQLAlchemyError as exc:
+                    done = len(batch)
+                except Exception as exc:
                     self.write_failures += 1
-                    log.warning("writing %d outcomes failed (%s); retrying", len(batch), exc)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-                    continue
-                backoff = 0.1
-                for _ in batch:
+                    failures += 1
+                    if _connectivity(exc) and failures < 3:
+                        log.warning("writing %d outcomes failed (%s); retrying", len(batch), exc)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 5.0)
+                        continue
+                    # Refused for what it holds, or failing again and again: row by row, so
+                    # only the rows the database refuses are lost.
+                    done, stopped = await asyncio.to_thread(self._insert_rows, batch)
+                    if stopped is not None:
+                        log.warning("writing outcomes failed (%s); retrying", _short(stopped))
+                        for _ in range(done):
+                            self.pending.popleft()
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 5.0)
+                        continue
+                backoff, failures = 0.1, 0
+                for _ in range(done):
                     self.pending.popleft()
 
     def _insert(self, rows: list[dict]) -> None:
         with self.engine.begin() as conn:
             conn.execute(insert(outcomes).prefix_with("OR IGNORE", dialect="sqlite"), rows)
+
+    def _insert_rows(self, rows: list[dict]) -> tuple[int, Exception | None]:
+        """Insert one row at a time; drop the rows the database refuses. Returns how many rows
+        were dealt with, and the connectivity error that stopped it early (None if none did)."""
+        for done, row in enumerate(rows):
+            try:
+                self._insert([row])
+            except Exception as exc:
+                if _connectivity(exc):
+                    return done, exc
+                self.rejected += 1
+                if self.on_reject is not None:
+                    self.on_reject()
+                log.error(
+                    "the database refused the outcome of request %s (%s); dropped (%d so far)",
+                    str(row.get("request_id"))[:64],
+                    _short(exc),
+                    self.rejected,
+                )
+        return len(rows), None
+
+    async def _prune_quietly(self) -> None:
+        try:
+            removed = await asyncio.to_thread(self.prune_feedback)
+        except Exception as exc:  # the next round tries again
+            log.warning("pruning unattached feedback failed: %s", _short(exc))
+            return
+        if removed:
+            log.info("deleted %d feedback rows that match no recorded request", removed)
+
+    def prune_feedback(self, now: float | None = None) -> int:
+        """Delete feedback whose request has no recorded outcome: rows older than
+        feedback_ttl_s, then the oldest beyond feedback_max_unattached. Returns rows deleted."""
+        expired = (time.time() if now is None else now) - self.feedback_ttl_s
+        unattached = ~exists().where(outcomes.c.request_id == feedback.c.request_id)
+        with self.engine.begin() as conn:
+            removed = conn.execute(
+                delete(feedback).where(unattached, feedback.c.created_at < expired)
+            ).rowcount
+            count = conn.execute(select(func.count()).select_from(feedback).where(unattached))
+            extra = count.scalar_one() - self.feedback_max_unattached
+            if extra > 0:
+                oldest = (
+                    select(feedback.c.request_id)
+                    .where(unattached)
+                    .order_by(feedback.c.created_at)
+                    .limit(extra)
+                    .scalar_subquery()
+                )
+                removed += conn.execute(
+                    delete(feedback).where(feedback.c.request_id.in_(oldest))
+                ).rowcount
+        return removed
 
     def set_feedback(self, request_id: str, score: float) -> bool:
         """Record a score for a request (the latest one wins); True when the request's outcome
@@ -154,6 +238,17 @@ class OutcomeStore:
         )
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def _connectivity(exc: Exception) -> bool:
+    """Errors that say nothing about the rows: the database is away, locked or busy."""
+    if isinstance(exc, OperationalError | DisconnectionError | PoolTimeout):
+        return True
+    return bool(getattr(exc, "connection_invalidated", False))
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
 
 
 def outcome_row(outcome) -> dict:

@@ -6,12 +6,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from server.api_docs import ERROR_RESPONSES
-from server.auth import ApiKey
+from server.auth import ApiKey, RateLimited
 from server.inference import service
 from server.inference.protocol import ChatCompletionRequest, CompletionRequest
 from server.state import State
 
-router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[ApiKey])
+router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[ApiKey, RateLimited])
 
 
 @router.post("/chat/completions", responses=ERROR_RESPONSES)

@@ -25,6 +25,8 @@ from fastapi.responses import Response, StreamingResponse
 from server.backends.registry import Backend
 from server.errors import APIError, bad_request, sse_error_event, unavailable
 from server.inference.protocol import ChatCompletionRequest, InferenceRequest
+from server.inference.request_limits import check_request
+from server.limits import StreamSlot
 from server.metrics.registry import Metrics
 from server.routing import service as routing
 from server.state import AppState
@@ -33,6 +35,7 @@ log = logging.getLogger("leanserve.inference")
 
 DONE = b"data: [DONE]\n\n"
 POLICY_FIELD = "leanserve_policy"  # body field for SDKs' extra_body
+MAX_ENGINE_MESSAGE = 500  # an engine's error message may echo the request: relay only its start
 
 
 @dataclass
@@ -76,17 +79,17 @@ class Retryable(Exception):
         self.why = why
 
 
-def check_limits(request: InferenceRequest, max_n: int) -> None:
-    if request.n is not None and request.n > max_n:
-        raise bad_request(
-            f"n={request.n} is above this server's limit of {max_n}.", "n", "n_too_large"
-        )
-
-
-def engine_body(request: InferenceRequest, backend: Backend) -> dict:
+def engine_body(
+    request: InferenceRequest, backend: Backend, max_tokens_cap: int | None = None
+) -> dict:
     body = request.model_dump(exclude_unset=True)
     body.pop(POLICY_FIELD, None)
     body["model"] = backend.name
+    if max_tokens_cap is not None:
+        # The cap travels with the request: without it, a request that names no max_tokens
+        # (or names it in a field the endpoint ignores) generates to the end of the context.
+        asked = body.pop("max_completion_tokens", None) or body.get("max_tokens")
+        body["max_tokens"] = min(max_tokens_cap, asked or max_tokens_cap)
     return body
 
 
@@ -104,12 +107,14 @@ def response_headers(call: Call) -> dict[str, str]:
 
 def upstream_error(status: int, content: bytes) -> APIError:
     """Re-shape an engine's error into ours: its 4xx stay 4xx, anything else is a 502."""
-    message, param = content.decode(errors="replace")[:1000], None
+    message, param = content[: 4 * MAX_ENGINE_MESSAGE].decode(errors="replace"), None
     try:
         error = json.loads(content)["error"]
         message, param = str(error.get("message", message)), error.get("param")
     except (ValueError, KeyError, TypeError, AttributeError):
         pass
+    message = message[:MAX_ENGINE_MESSAGE]
+    param = param[:64] if isinstance(param, str) else None
     if 400 <= status < 500:
         too_long = "max_model_len" in message or "context length" in message
         code = "context_length_exceeded" if too_long else None
@@ -187,35 +192,36 @@ def _refuse_context(prompt_tokens: int, wanted: int, limit: int) -> None:
 
 
 def requested_policy(request: InferenceRequest, headers: Mapping[str, str]):
-    raw = headers.get("x-leanserve-policy") or (request.model_extra or {}).get(POLICY_FIELD)
+    raw = headers.get("x-leanserve-policy") or request.leanserve_policy
     return routing.parse_policy(raw)
-
-
-def caller(http: Request) -> str:
-    """Who the rate limit counts against: the API key, else the client's address."""
-    auth = http.headers.get("authorization", "")
-    return auth if auth else f"addr:{http.client.host if http.client else 'unknown'}"
 
 
 async def serve(
     request: InferenceRequest, route: str, path: str, state: AppState, http: Request
 ) -> Response:
+    slot = StreamSlot(state)
+    try:
+        return await _serve(request, route, path, state, http, slot)
+    except BaseException:
+        slot.release()  # a stream that got under way owns its slot until it ends (_relay)
+        raise
+
+
+async def _serve(
+    request: InferenceRequest,
+    route: str,
+    path: str,
+    state: AppState,
+    http: Request,
+    slot: StreamSlot,
+) -> Response:
     settings, registry, metrics = state.settings, state.registry, state.metrics
     headers = http.headers
-    check_limits(request, settings.max_n)
-    cap = settings.limits.max_tokens
-    wanted = getattr(request, "max_completion_tokens", None) or request.max_tokens
-    if cap is not None and wanted is not None and wanted > cap:
-        raise bad_request(
-            f"max_tokens={wanted} is above this server's limit of {cap}.", "max_tokens"
-        )
-    state.limiter.check(caller(http))
-    streams = settings.limits.max_concurrent_streams
-    if request.stream and streams is not None and state.open_streams >= streams:
-        raise APIError(
-            429, f"This server streams at most {streams} responses at once; retry shortly.",
-            "rate_limit_error", None, "too_many_streams", {"Retry-After": "1"},
-        )  # fmt: skip
+    check_request(request, settings)  # the rate limit ran before, as a route dependency
+    if request.stream:
+        # Taken before anything is awaited: taken at the first token (as it was), it let every
+        # stream that arrived while the first one waited through.
+        slot.take(settings.limits.max_concurrent_streams)
     policy = requested_policy(request, headers)
     user = headers.get("x-user-id") or request.user
     arm = None
@@ -239,10 +245,10 @@ async def serve(
         tried += 1
         await check_context(request, backend)
         call = Call(backend, route, path, time.perf_counter(), request_id, plan, user)
-        body = engine_body(request, backend)
+        body = engine_body(request, backend, settings.limits.max_tokens)
         try:
             if body.get("stream"):
-                response = await _stream(call, body, state)
+                response = await _stream(call, body, state, slot)
             else:
                 response = await _until_disconnect(_complete(call, body, state), http)
         except Retryable as exc:
@@ -317,7 +323,7 @@ async def _complete(call: Call, body: dict, state: AppState) -> Response:
         _finish(call, state, usage, finish, error, record=not retrying)
 
 
-async def _stream(call: Call, body: dict, state: AppState) -> Response:
+async def _stream(call: Call, body: dict, state: AppState, slot: StreamSlot) -> Response:
     backend, metrics = call.backend, state.metrics
     options = dict(body.get("stream_options") or {})
     client_wants_usage = bool(options.get("include_usage"))
@@ -364,11 +370,26 @@ async def _stream(call: Call, body: dict, state: AppState) -> Response:
         backend.in_flight -= 1
         backend.stats.first_token(ticket)
     backend.breaker.success()
-    return StreamingResponse(
-        _relay(call, upstream, chunks, first, client_wants_usage, state),
+    relay = _relay(call, upstream, chunks, first, client_wants_usage, state, slot)
+    await anext(relay)  # started: from here on, closing it runs its `finally`
+    return ClosingStreamingResponse(
+        relay,
         media_type="text/event-stream",
         headers={**response_headers(call), "Cache-Control": "no-cache"},
     )
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """Closes its generator however the response ends (sent, client gone, a send that failed)
+    at once, not whenever it is garbage-collected. _stream started the generator, because one
+    closed before its first step never runs its `finally`: so the engine connection is always
+    closed and the stream slot always given back, once."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
 
 
 async def _relay(
@@ -378,10 +399,10 @@ async def _relay(
     first: bytes,
     client_wants_usage: bool,
     state: AppState,
+    slot: StreamSlot,
 ) -> AsyncIterator[bytes]:
     backend, metrics = call.backend, state.metrics
     backend.in_flight += 1
-    state.open_streams += 1
     metrics.in_flight.labels(backend.name).inc()
     usage, finish, error = None, None, None
     status = "200"
@@ -411,6 +432,7 @@ async def _relay(
         return b"".join(out)
 
     try:
+        yield b""  # _stream primes the generator with this, so that closing it runs `finally`
         if data := split():
             yield data
         async for raw in chunks:
@@ -429,12 +451,13 @@ async def _relay(
         status, error = "499", "client_disconnected"  # nginx's code for a client that left
         raise
     finally:
-        await upstream.aclose()
+        # The bookkeeping first: in a cancelled task the await below may raise again.
         backend.in_flight -= 1
-        state.open_streams -= 1
+        slot.release()
         metrics.in_flight.labels(backend.name).dec()
         metrics.requests.labels(backend.name, call.route, status).inc()
         _finish(call, state, usage, finish, error)
+        await upstream.aclose()
 
 
 def _outcome(call: Call, usage: dict | None, finish: str | None, error: str | None) -> Outcome:

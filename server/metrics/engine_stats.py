@@ -34,7 +34,9 @@ async def refresh(registry, metrics, timeout_s: float = 1.0) -> None:
             return
         with contextlib.suppress(httpx.HTTPError, ValueError):
             response = await backend.client.get("/metrics", timeout=timeout_s)
-            for series, value in parse(response.text).items():
+            # vLLM's exposition is hundreds of lines: parse it off the event loop.
+            values = await asyncio.to_thread(parse, response.text)
+            for series, value in values.items():
                 getattr(metrics, WANTED[series]).labels(name).set(value)
 
     await asyncio.gather(*(one(n, b) for n, b in list(registry.backends.items())))

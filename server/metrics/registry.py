@@ -10,8 +10,14 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from compress.schema import Card
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+# leanserve_engine_placement_info's labels besides `variant` (server/placement/plan.py).
+PLACEMENT_LABELS = (
+    "device", "cores", "numa_node", "gpus", "tp", "memory_fraction", "shares_with", "nice",
+)  # fmt: skip
 
 
 class _Null:
@@ -131,6 +137,11 @@ class Metrics:
             ["experiment", "arm", "status"],
             registry=r,
         )
+        self.experiment_outcomes_rejected = Counter(
+            "leanserve_experiment_outcomes_rejected",
+            "Experiment outcome records the database refused (dropped, logged).",
+            registry=r,
+        )
         self.experiment_latency = Gauge(
             "leanserve_experiment_latency_seconds",
             "Per-arm latency from the last report.",
@@ -146,6 +157,18 @@ class Metrics:
         self.experiment_p_value = Gauge(
             "leanserve_experiment_p_value",
             "p-value of an arm against the control, last report.",
+            ["experiment", "arm", "metric"],
+            registry=r,
+        )
+        self.experiment_arm_stopped = Gauge(
+            "leanserve_experiment_arm_stopped",
+            "1 when a guardrail stopped the arm (its users go to the control), by the metric.",
+            ["experiment", "arm", "metric"],
+            registry=r,
+        )
+        self.experiment_guardrail_breaches = Counter(
+            "leanserve_experiment_guardrail_breaches",
+            "Guardrail breaches this gateway found and acted on (stopping the arm).",
             ["experiment", "arm", "metric"],
             registry=r,
         )
@@ -168,6 +191,15 @@ class Metrics:
             ["variant"],
             registry=r,
         )
+        self.engine_placement = Gauge(
+            "leanserve_engine_placement_info",
+            "Where each local engine runs (value 1), from the placement plan: its cores and "
+            "NUMA node (CPU) or GPUs, tensor parallelism and GPU memory share (GPU), the engines "
+            "it shares them with, and its compute processes' nice value.",
+            ["variant", *PLACEMENT_LABELS],
+            registry=r,
+        )
+        self._placement_labels: dict[str, tuple[str, ...]] = {}
         self.tokens_by_variant: dict[str, float] = {}  # for energy attribution at scrape time
         if not self.enabled:
             # Metrics off (to measure what they cost): every series becomes a no-op and the
@@ -177,22 +209,36 @@ class Metrics:
                     setattr(self, name, _NULL)
                     r.unregister(value)
 
+    def set_placement(self, variant: str, placement) -> None:
+        """`placement`: the engine's server.placement.Placement; one series per variant."""
+        self.clear_placement(variant)
+        values = placement.labels()
+        labels = (variant, *(values[k] for k in PLACEMENT_LABELS))
+        self.engine_placement.labels(*labels).set(1)
+        self._placement_labels[variant] = labels
+
+    def clear_placement(self, variant: str) -> None:
+        labels = self._placement_labels.pop(variant, None)
+        if labels is not None:
+            self.engine_placement.remove(*labels)
+
     def add_build(self, variant: str) -> None:
         self.build_progress.labels(variant).set(0)
         self.build_failed.labels(variant).set(0)
         self.build_failures.labels(variant)
 
-    def set_card(self, variant: str, recipe: str, card: dict | None) -> None:
+    def set_card(self, variant: str, recipe: str, card: Card | dict | None) -> None:
+        """`card` as read from compress, or as JSON (a stand-in such as the base's)."""
         method = recipe.split("-")[0].split("+")[0]
         self.variant_info.labels(variant, recipe, method).set(1)
-        card = card or {}
+        if not isinstance(card, Card):
+            card = Card.model_validate(card or {})
         for metric in ("top1_agreement", "perplexity", "kl_to_base", "last_word_accuracy"):
-            value = (card.get("quality") or {}).get(metric)
-            if isinstance(value, int | float):
+            value = getattr(card.quality, metric)
+            if value is not None:
                 self.variant_quality.labels(variant, metric).set(value)
-        size = (card.get("size") or {}).get("bytes")
-        if isinstance(size, int | float):
-            self.variant_size.labels(variant).set(size)
+        if card.size.bytes is not None:
+            self.variant_size.labels(variant).set(card.size.bytes)
 
     def add_experiment(self, experiment: str, arms: list[str]) -> None:
         for arm in arms:

@@ -24,7 +24,10 @@ class ResourceCollector:
 
     def _engine_groups(self) -> dict[int, str]:
         """Process group id -> variant name, for the engines this gateway started."""
-        return {b.engine.pid: name for name, b in self.registry.backends.items() if b.engine.pid}
+        # list(): a worker thread runs this (metrics/refresher.py) while the loop may add or
+        # remove a backend; copying the items is one step the loop cannot interleave with.
+        backends = list(self.registry.backends.items())
+        return {b.engine.pid: name for name, b in backends if b.engine.pid}
 
     def _processes_by_variant(self) -> dict[str, list[psutil.Process]]:
         groups = self._engine_groups()
@@ -73,7 +76,7 @@ class ResourceCollector:
             "Times the variant's engine was restarted.",
             labels=["variant"],
         )
-        for name, backend in self.registry.backends.items():
+        for name, backend in list(self.registry.backends.items()):
             restarts.add_metric([name], backend.engine.restarts)
         yield restarts
 

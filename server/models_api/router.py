@@ -10,6 +10,7 @@ import time
 
 from fastapi import APIRouter
 
+from compress.schema import Card
 from server.api_docs import ERROR_RESPONSES
 from server.auth import ApiKey
 from server.routing.service import quality_of, speedup_of
@@ -19,19 +20,19 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[ApiKey], respons
 _CREATED = int(time.time())
 
 
-def _summary(card: dict | None) -> dict | None:
-    if not card:
+def _summary(card: Card | None) -> dict | None:
+    if card is None:
         return None
-    quality, size = card.get("quality") or {}, card.get("size") or {}
+    quality, size = card.quality, card.size
     return {
-        "recipe": (card.get("recipe") or {}).get("name"),
-        "perplexity": quality.get("perplexity"),
-        "perplexity_change": quality.get("perplexity_change"),
-        "kl_to_base": quality.get("kl_to_base"),
-        "top1_agreement": quality.get("top1_agreement"),
-        "size_bytes": size.get("bytes"),
-        "size_ratio": size.get("size_ratio"),
-        "speedup_32": (card.get("speed") or {}).get("speedup_32"),
+        "recipe": card.recipe.name,
+        "perplexity": quality.perplexity,
+        "perplexity_change": quality.perplexity_change,
+        "kl_to_base": quality.kl_to_base,
+        "top1_agreement": quality.top1_agreement,
+        "size_bytes": size.bytes,
+        "size_ratio": size.size_ratio,
+        "speedup_32": card.speed.speedup_32,
     }
 
 

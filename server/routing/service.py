@@ -8,9 +8,11 @@ measurements.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
+from compress.schema import Card
 from server.backends.registry import Backend, Registry
 from server.errors import APIError, bad_request
 from server.routing.policies import POLICIES, BackendState, PolicyName, RoutingGoals
@@ -19,6 +21,7 @@ from server.settings import Settings
 # Before a variant has served anything, predict from its card; before any card, from these.
 DEFAULT_TTFT_S = 0.2
 DEFAULT_TPOT_S = 0.05
+NO_CARD = Card()  # a backend without a card reads as one with every figure unknown
 
 
 @dataclass
@@ -36,8 +39,7 @@ def quality_of(backend: Backend) -> float:
     """Top-1 agreement with the base on held-out text; the base itself is 1.0."""
     if backend.variant is None:
         return 1.0
-    q = (backend.card or {}).get("quality", {})
-    value = q.get("top1_agreement")
+    value = (backend.card or NO_CARD).quality.top1_agreement
     return float(value) if value is not None else 0.0
 
 
@@ -45,29 +47,26 @@ def speedup_of(backend: Backend) -> float:
     """Throughput relative to the base at 32 streams, measured in the same run."""
     if backend.variant is None:
         return 1.0
-    card = backend.card or {}
-    measured = (card.get("speed") or {}).get("speedup_32")
-    if measured:
-        return float(measured)
-    size_ratio = (card.get("size") or {}).get("size_ratio")
+    card = backend.card or NO_CARD
+    if card.speed.speedup_32:
+        return float(card.speed.speedup_32)
+    size_ratio = card.size.size_ratio
     # Unmeasured: decoding is memory-bound, so bytes read per token are the best proxy.
     return 1.0 / float(size_ratio) if size_ratio else 1.0
 
 
 def base_tokens_per_s(registry: Registry) -> float | None:
     for backend in registry.backends.values():
-        speed = (backend.card or {}).get("speed") or {}
-        tps = ((speed.get("base") or {}).get("streams_32") or {}).get("tokens_per_s")
+        tps = (backend.card or NO_CARD).speed.base.streams_32.tokens_per_s
         if tps:
             return float(tps)
     return None
 
 
 def prior_latency(backend: Backend) -> tuple[float, float]:
-    speed = (backend.card or {}).get("speed") or {}
-    one = (speed.get("variant") or {}).get("streams_1") or {}
-    ttft = one.get("ttft_s_mean") or DEFAULT_TTFT_S
-    tps = one.get("tokens_per_s")
+    one = (backend.card or NO_CARD).speed.variant.streams_1
+    ttft = one.ttft_s_mean or DEFAULT_TTFT_S
+    tps = one.tokens_per_s
     return float(ttft), (1.0 / float(tps) if tps else DEFAULT_TPOT_S)
 
 
@@ -103,6 +102,26 @@ def usable(backend: Backend, settings: Settings) -> str | None:
     return None
 
 
+def retry_after_s(backend: Backend) -> int:
+    """When a backend that cannot take a request now should be asked again, roughly."""
+    breaker = backend.breaker
+    if backend.ready and not breaker.allows() and breaker.opened_at is not None:
+        left = breaker.cooldown_s - (time.monotonic() - breaker.opened_at)
+        return max(1, math.ceil(left))
+    return backend.engine.retry_after_s()
+
+
+def _no_engine(model: str, why: list[str], retry_after: int) -> APIError:
+    return APIError(
+        503,
+        f"No engine for '{model}' can take a request now: {', '.join(why)}; retry shortly.",
+        "service_unavailable",
+        None,
+        "engine_unavailable",
+        {"Retry-After": str(retry_after)},
+    )
+
+
 def parse_policy(raw: str | None) -> PolicyName | None:
     if raw is None:
         return None
@@ -123,11 +142,14 @@ def plan(
     arm: tuple[str, str, str] | None = None,
 ) -> RoutePlan:
     """`arm` is (experiment, arm, variant) when the request takes part in an experiment."""
-    if model != registry.base_name:
+    if model != registry.base_name or policy == PolicyName.PINNED:
+        # A pinned name has one candidate, admitted as routed ones are: not past its overload
+        # limit, its breaker closed, not being retired.
         backend = registry.get(model)
+        why = usable(backend, settings)
+        if why is not None:
+            raise _no_engine(model, [f"{backend.name} ({why})"], retry_after_s(backend))
         return RoutePlan([backend], "pinned", f"pinned: {backend.name}", "pinned")
-    if policy == PolicyName.PINNED:
-        return RoutePlan([registry.get(model)], "pinned", f"pinned: {model}", "pinned")
     skipped = []
     states = []
     base_tps = base_tokens_per_s(registry)
@@ -138,15 +160,8 @@ def plan(
         else:
             skipped.append(f"{backend.name} ({why})")
     if not states:
-        retry = min((b.engine.retry_after_s() for b in registry.backends.values()), default=5)
-        raise APIError(
-            503,
-            f"No engine for '{model}' can take a request now: {', '.join(skipped)}; retry shortly.",
-            "service_unavailable",
-            None,
-            "engine_unavailable",
-            {"Retry-After": str(retry)},
-        )
+        retry = min((retry_after_s(b) for b in registry.backends.values()), default=5)
+        raise _no_engine(model, skipped, retry)
     goals = RoutingGoals(
         settings.routing.quality_floor, settings.routing.slo.ttft_s, settings.routing.slo.tpot_s
     )

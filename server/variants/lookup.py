@@ -1,13 +1,14 @@
 """Find a built variant in the store by recipe name, reading only card.json files.
 
-The server never imports compress/: the store's layout (`<store>/<base fp>/<hash>/card.json`)
-and the card's `recipe.name` and `base.path` fields are the contract between them.
+The server imports nothing of compress/ but compress.schema (pydantic only): the store's layout
+(`<store>/<base fp>/<hash>/card.json`) and the card's model are the contract between them.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from compress.schema import Card
 
 
 def find_variant(store: Path, recipe: str, base_path: str | None = None) -> Path | None:
@@ -17,16 +18,12 @@ def find_variant(store: Path, recipe: str, base_path: str | None = None) -> Path
         if card_file.parent.name.startswith("."):
             continue
         try:
-            card = json.loads(card_file.read_text())
-        except (OSError, ValueError):
+            card = Card.model_validate_json(card_file.read_text())
+        except (OSError, ValueError):  # unreadable, or not a card (ValidationError)
             continue
-        if (card.get("recipe") or {}).get("name") != recipe:
+        if card.recipe.name != recipe:
             continue
-        if (
-            base_path
-            and Path((card.get("base") or {}).get("path", "")).resolve()
-            != Path(base_path).resolve()
-        ):
+        if base_path and Path(card.base.path or "").resolve() != Path(base_path).resolve():
             continue
-        found.append((str(card.get("created", "")), card_file.parent))
+        found.append((card.created or "", card_file.parent))
     return max(found)[1] if found else None

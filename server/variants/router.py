@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.api_docs import ERROR_RESPONSES
-from server.auth import Admin, ApiKey
+from server.auth import Admin, ApiKey, RateLimited, is_admin
 from server.state import State
 
 router = APIRouter(prefix="/v1", tags=["variants"], responses=ERROR_RESPONSES)
@@ -19,7 +19,7 @@ class VariantCreate(BaseModel):
 
 
 @router.get("/variants", dependencies=[ApiKey])
-async def list_variants(state: State) -> dict:
+async def list_variants(request: Request, state: State) -> dict:
     base = state.registry.backends.get(state.registry.base_name)
     data = [
         {
@@ -33,21 +33,22 @@ async def list_variants(state: State) -> dict:
             "card": None,
         }
     ]
-    data += [state.variants.view(v) for v in state.variants.variants.values()]
+    detail = is_admin(request, state)  # paths on this host and raw build errors: admin only
+    data += [state.variants.view(v, detail) for v in state.variants.variants.values()]
     return {"object": "list", "data": data}
 
 
 @router.get("/variants/{vid}", dependencies=[ApiKey])
-async def get_variant(vid: str, state: State) -> dict:
-    return state.variants.view(state.variants.get(vid))
+async def get_variant(vid: str, request: Request, state: State) -> dict:
+    return state.variants.view(state.variants.get(vid), is_admin(request, state))
 
 
-@router.post("/variants", dependencies=[Admin], status_code=202)
+@router.post("/variants", dependencies=[Admin, RateLimited], status_code=202)
 async def create_variant(body: VariantCreate, state: State) -> dict:
-    return state.variants.view(state.variants.request(body.recipe))
+    return state.variants.view(state.variants.request(body.recipe), detail=True)
 
 
-@router.delete("/variants/{vid}", dependencies=[Admin])
+@router.delete("/variants/{vid}", dependencies=[Admin, RateLimited])
 async def retire_variant(vid: str, state: State) -> dict:
     variant = await state.variants.retire(vid)
     return {"id": variant.id, "model": variant.name, "state": "retired"}

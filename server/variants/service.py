@@ -19,6 +19,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from compress.schema import (
+    Card,
+    DoneEvent,
+    ErrorEvent,
+    Event,
+    ProgressEvent,
+    StageEvent,
+    parse_event,
+    problems,
+)
 from server.backends.engine_process import EngineConfig, EngineProcess
 from server.backends.registry import Backend, Registry, engine_client
 from server.errors import APIError
@@ -28,8 +40,15 @@ from server.settings import Settings
 log = logging.getLogger("leanserve.variants")
 
 # Recipe names as the compress package names them (w8a8, prune-0.25+distill, sparse-2:4 ...).
-# Nothing else is accepted from the API: no paths, so no way out of the store.
-RECIPE_NAME = re.compile(r"^[a-z0-9][a-z0-9.:_-]*(\+[a-z0-9][a-z0-9.:_-]*)*$")
+# Nothing else is accepted from the API: no paths and no recipe files (those only by config or
+# CLI), so no way out of the store. Matched whole (fullmatch: `$` would allow a final newline).
+RECIPE_NAME = re.compile(r"[a-z0-9][a-z0-9.:_-]*(\+[a-z0-9][a-z0-9.:_-]*)*")
+BUILD_FAILED = "The build failed; /v1/variants with the admin key, or the gateway's log, says why."
+
+
+def is_recipe_name(recipe: str) -> bool:
+    """A named recipe (or a chain of them), as the API accepts: not a file name or path."""
+    return bool(RECIPE_NAME.fullmatch(recipe)) and not recipe.endswith((".yaml", ".yml"))
 
 
 @dataclass
@@ -75,7 +94,7 @@ class VariantManager:
 
     # -- API -----------------------------------------------------------------------------------
     def request(self, recipe: str, from_config: bool = False) -> Variant:
-        if not from_config and not RECIPE_NAME.match(recipe):
+        if not from_config and not is_recipe_name(recipe):
             raise APIError(
                 400,
                 f"Invalid recipe name {recipe!r}: use a recipe name such as w8a8 or "
@@ -106,7 +125,9 @@ class VariantManager:
             *(v.name for v in self.variants.values()),
         }
 
-    def view(self, variant: Variant) -> dict:
+    def view(self, variant: Variant, detail: bool = False) -> dict:
+        """What GET /v1/variants shows; `detail` (the admin's) adds the paths on this host and
+        the build's own error message, which may name them."""
         backend = self.registry.backends.get(variant.name)
         state = variant.state
         if state == "built" and backend is not None:
@@ -119,10 +140,10 @@ class VariantManager:
             "percent": round(variant.percent, 1),
             "stage": variant.stage,
             "eta_s": self._eta(variant),
-            "error": variant.error,
+            "error": variant.error if detail or variant.error is None else BUILD_FAILED,
             "reused": variant.reused,
-            "path": variant.path,
-            "card": variant.card,
+            "path": variant.path if detail else None,
+            "card": variant.card if detail else _without_paths(variant.card),
         }
 
     def _eta(self, variant: Variant) -> float | None:
@@ -211,19 +232,25 @@ class VariantManager:
             )
             last_error = None
             async for line in self._job.stdout:
-                event = _parse(line)
-                if event is None:
+                try:
+                    parsed = _parse(line)
+                except ValidationError as exc:
+                    last_error = f"compress wrote a line the gateway cannot read: {problems(exc)}"
+                    log.warning("variant %s: %s", variant.name, last_error)
                     continue
-                kind = event.get("event")
-                if kind == "progress":
+                if parsed is None:
+                    continue
+                event, raw = parsed
+                if isinstance(event, ProgressEvent):
                     self._progress(variant, event)
-                elif kind == "stage":
-                    variant.stage = event.get("stage")
-                elif kind == "done":
-                    variant.path, variant.card = event["path"], event.get("card")
-                    variant.reused = bool(event.get("skipped"))
-                elif kind == "error":
-                    last_error = event.get("message")
+                elif isinstance(event, StageEvent):
+                    variant.stage = event.stage
+                elif isinstance(event, DoneEvent):
+                    # The card as compress sent it (validated): the API shows it unchanged.
+                    variant.path, variant.card = event.path, raw.get("card")
+                    variant.reused = event.skipped
+                elif isinstance(event, ErrorEvent):
+                    last_error = event.message
             code = await self._job.wait()
         variant.finished_at = time.time()
         if code == 0 and variant.path:
@@ -235,9 +262,9 @@ class VariantManager:
             log.error("variant %s failed: %s", variant.name, variant.error)
         self.metrics.build_progress.labels(variant.name).set(variant.percent / 100)
 
-    def _progress(self, variant: Variant, event: dict) -> None:
-        variant.stage = event.get("stage") or variant.stage
-        overall = float(event.get("overall_percent") or event.get("percent") or 0.0)
+    def _progress(self, variant: Variant, event: ProgressEvent) -> None:
+        variant.stage = event.stage or variant.stage
+        overall = float(event.overall_percent or event.percent or 0.0)
         variant.percent = max(variant.percent, min(overall, 99.9))
         self.metrics.build_progress.labels(variant.name).set(variant.percent / 100)
 
@@ -250,24 +277,37 @@ class VariantManager:
             cpu_bind=self.cpu_core(len(self.registry.backends)),
         )
         process = EngineProcess(config)
+        card = Card.model_validate(variant.card) if variant.card else None
         backend = Backend(
             variant.name,
             process,
-            engine_client(process.url, self.settings.request_timeout_s),
-            card=variant.card,
+            engine_client(process.url, self.settings.request_timeout_s, process.api_key),
+            card=card,
             variant=variant.id,
         )
         backend.breaker.failures = self.settings.routing.breaker_failures
         backend.breaker.cooldown_s = self.settings.routing.breaker_cooldown_s
         self.metrics.add_variant(variant.name)
-        self.metrics.set_card(variant.name, variant.recipe, variant.card)
+        self.metrics.set_card(variant.name, variant.recipe, card)
         self.registry.add(backend)  # not routed to until its engine is ready
         await process.start()
 
 
-def _parse(line: bytes) -> dict | None:
+def _without_paths(card: dict | None) -> dict | None:
+    base = (card or {}).get("base")
+    if not isinstance(base, dict) or "path" not in base:
+        return card
+    return {**card, "base": {k: v for k, v in base.items() if k != "path"}}
+
+
+def _parse(line: bytes) -> tuple[Event, dict] | None:
+    """A progress line as (its model, its JSON); None for other output and unknown kinds.
+
+    Raises ValidationError for a known kind with fields of the wrong type.
+    """
     try:
-        event = json.loads(line)
+        raw = json.loads(line)
     except ValueError:
         return None
-    return event if isinstance(event, dict) else None
+    event = parse_event(raw)
+    return (event, raw) if event is not None else None

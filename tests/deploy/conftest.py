@@ -76,8 +76,10 @@ class Rendered:
         ]
 
 
-def render(helm: Path, values: str) -> Rendered:
-    run = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *VALUES[values])
+def render(helm: Path, values: str, *more: str) -> Rendered:
+    """The chart rendered with a values set of VALUES (and `more` helm arguments)."""
+    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, *VALUES[values], *more]
+    run = run_helm(helm, *args)
     assert run.returncode == 0, f"helm template ({values}) failed:\n{run.stderr}"
     docs = [d for d in yaml.safe_load_all(run.stdout) if d]
     return Rendered(values, docs)

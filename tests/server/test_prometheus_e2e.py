@@ -211,6 +211,9 @@ def stack(home, tmp_path_factory):
             "LEANSERVE_EXPERIMENTS": json.dumps([EXPERIMENT]),
             "LEANSERVE_EXPERIMENT_STORE": f"sqlite:///{tmp / 'experiments.db'}",
             "LEANSERVE_AUTH__ADMIN_KEY": ADMIN,
+            # The engine and machine series are collected in the background: as often as
+            # Prometheus scrapes here.
+            "LEANSERVE_METRICS_REFRESH_S": "1",
         },
     )
     try:

@@ -10,9 +10,15 @@ from server.inference.protocol import ChatCompletionRequest, CompletionRequest
 MSG = [{"role": "user", "content": "hi"}]
 
 
-def test_unknown_fields_pass_through_to_the_engine():
+def test_allowed_extensions_pass_through_to_the_engine():
     request = ChatCompletionRequest.model_validate({"model": "m", "messages": MSG, "top_k": 5})
     assert request.model_dump(exclude_unset=True)["top_k"] == 5
+
+
+@pytest.mark.parametrize("field", ["chat_template", "kv_transfer_params", "some_sdk_field"])
+def test_fields_outside_the_allow_list_are_refused(field):
+    with pytest.raises(ValidationError, match=field):
+        ChatCompletionRequest.model_validate({"model": "m", "messages": MSG, field: 1})
 
 
 def test_unset_fields_are_not_sent():

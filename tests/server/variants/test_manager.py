@@ -11,7 +11,7 @@ from server.backends.registry import Registry
 from server.metrics.registry import Metrics
 from server.settings import load_settings
 from server.variants.lookup import find_variant
-from server.variants.service import RECIPE_NAME, VariantManager, variant_id
+from server.variants.service import VariantManager, is_recipe_name, variant_id
 from tests.server.gateway import REPO
 
 COMPRESS_PYTHON = REPO / ".venv-compress/bin/python"
@@ -21,14 +21,28 @@ COMPRESS_PYTHON = REPO / ".venv-compress/bin/python"
     "name", ["w8a8", "w4a16", "prune-0.25", "prune-0.25+distill", "sparse-2:4", "wanda-0.5"]
 )
 def test_recipe_names_accepted(name):
-    assert RECIPE_NAME.match(name)
+    assert is_recipe_name(name)
 
 
 @pytest.mark.parametrize(
-    "name", ["../x", "/etc/passwd", "a/b", ".x", "W8A8", "a b", "", "x.yaml/.."]
+    "name",
+    [
+        "../x",
+        "/etc/passwd",
+        "a/b",
+        ".x",
+        "W8A8",
+        "a b",
+        "",
+        "x.yaml/..",
+        "w8a8\n",
+        "r.yaml",
+        "r.yml",
+    ],
 )
 def test_recipe_names_refused(name):
-    assert not RECIPE_NAME.match(name)
+    # Whole names only ("w8a8\n" passed a `$` anchor), and no recipe files from the API.
+    assert not is_recipe_name(name)
 
 
 def test_variant_id_of_a_recipe_file():
@@ -69,7 +83,7 @@ def test_failed_build_is_reported_and_the_queue_goes_on(tmp_path):
                 await asyncio.sleep(0.1)
         finally:
             await manager.stop()
-        return manager.view(manager.variants["no-such-recipe"]), metrics
+        return manager.view(manager.variants["no-such-recipe"], detail=True), metrics
 
     view, metrics = asyncio.run(scenario())
     assert view["state"] == "failed"
