@@ -74,7 +74,7 @@ test-fast: lint venv venv-compress tools
 	$(VENV)/bin/python -m pytest tests/server tests/deploy -m "not slow" $(PYTEST_ARGS)
 	$(CVENV)/bin/python -m pytest tests/compress -m "not slow" $(PYTEST_ARGS)
 
-gpu-check: venv
+gpu-check: venv venv-compress
 	$(VENV)/bin/python bench/gpu_check.py
 
 # Each writes bench/results/*.json; BENCHMARKS.md records the numbers with their commands.

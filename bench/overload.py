@@ -4,8 +4,12 @@ slo policy with variants, in one run.
 1. Measure the base engine's capacity (closed loop, 32 concurrent streams) through a
    base-only gateway.
 2. Base-only: Poisson arrivals at 3x that rate for 60 s.
-3. slo: a gateway serving the base and its variants (built first if missing), default policy
-   slo with load shedding; the same arrivals.
+3. Base-only with shedding: the same gateway settings as slo (policy slo, load shedding, the
+   same SLO) but no variants; the same arrivals. What shedding alone does.
+4. slo: a gateway serving the base and its variants (built first if missing), default policy
+   slo with load shedding; the same arrivals. Against 3: what the variants add.
+Engines run where the placement plan puts them (`leanserve plan`); `--engine-cpus` and
+`--engine-nice` override it as before.
 Reported per phase: p50/p95 time to first token of served requests, error rate (shed requests
 count as errors), share served by each variant, mean quality (card top-1 agreement) of what
 was served.
@@ -252,7 +256,9 @@ def main() -> None:
         default="[]",
         help="JSON list for LEANSERVE_BUILD_ARGS (budgets pick the variant)",
     )
-    parser.add_argument("--engine-nice", type=int, default=10, help="engines' nice value")
+    parser.add_argument(
+        "--engine-nice", type=int, default=None, help="engines' nice value (default: the plan's)"
+    )
     parser.add_argument(
         "--engine-cpus",
         type=int,
@@ -275,7 +281,7 @@ def main() -> None:
     # Both phases: the engines run at a lower CPU priority than the gateway and this client,
     # as they would on their own hosts; on one 2-core machine, at equal priority, the client's
     # and the gateway's own scheduling delays dominated the time to first token it measured.
-    common = {"LEANSERVE_ENGINE__NICE": str(args.engine_nice)}
+    common = {} if args.engine_nice is None else {"LEANSERVE_ENGINE__NICE": str(args.engine_nice)}
     result["engine_nice"] = args.engine_nice
     if args.engine_cpus:
         others = cores_besides(args.engine_cpus)
@@ -296,15 +302,31 @@ def main() -> None:
             gw, open_loop(gw.url, model, rate, args.seconds, args.slo_ttft), args.seconds
         )
         print("base-only", result["base_only"], flush=True)
+        result["placement"] = {n: e.get("placement") for n, e in gw.ready_info()["engines"].items()}
+    finally:
+        gw.stop()
+
+    shedding = {
+        "LEANSERVE_ROUTING__DEFAULT_POLICY": "slo",
+        "LEANSERVE_ROUTING__SHED_LOAD": "true",
+        "LEANSERVE_ROUTING__SLO__TTFT_S": str(args.slo_ttft),
+    }
+    gw = start_gateway(
+        home, tmp / "base-shed.log", extra_env={**common, **shedding, "LEANSERVE_VARIANTS": "[]"}
+    )
+    try:
+        gw.wait_ready()
+        result["base_only_shed"] = measured(
+            gw, open_loop(gw.url, model, rate, args.seconds, args.slo_ttft), args.seconds
+        )
+        print("base-only with shedding", result["base_only_shed"], flush=True)
     finally:
         gw.stop()
 
     env = {
         **common,
+        **shedding,
         "LEANSERVE_VARIANTS": json.dumps(args.variants),
-        "LEANSERVE_ROUTING__DEFAULT_POLICY": "slo",
-        "LEANSERVE_ROUTING__SHED_LOAD": "true",
-        "LEANSERVE_ROUTING__SLO__TTFT_S": str(args.slo_ttft),
         "LEANSERVE_BUILD_ARGS": args.build_args,
     }
     gw = start_gateway(home, tmp / "slo.log", extra_env=env)
@@ -317,10 +339,14 @@ def main() -> None:
         slo["mean_quality"] = mean_quality(gw.url, slo["share"], model)
         slo["within_slo_by_layer"] = within_slo_by_layer(gw.url, args.slo_ttft)
         result["slo"] = slo
+        result["slo_placement"] = {
+            n: e.get("placement") for n, e in gw.ready_info()["engines"].items()
+        }
         print("slo", slo, flush=True)
     finally:
         gw.stop()
     result["base_only"]["mean_quality"] = 1.0
+    result["base_only_shed"]["mean_quality"] = 1.0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -55,6 +55,7 @@ class BuildOptions:
     reference: Path | None = None
     vllm_python: str | None = None
     seed: int = 0
+    device: str | None = None  # "cpu", "cuda"; None or "auto": CUDA where torch sees a GPU
 
 
 @dataclass
@@ -149,7 +150,12 @@ def run(p: Plan, progress: Progress) -> tuple[schema.Card, bool]:
             stages=stages,
         )
     )
+    from compress.device import resolve
+
+    device = resolve(options.device)
+    progress.log(f"computing on {device}")
     ctx = BuildContext(options.base, options.calibration_file, progress, options.seed)
+    ctx.device = device
     timings: dict[str, float] = {}
     with store.building(options.store, p.base_fingerprint, p.recipe_hash) as tmp:
         import torch
@@ -210,6 +216,7 @@ def run(p: Plan, progress: Progress) -> tuple[schema.Card, bool]:
             max_windows=options.eval_windows,
             max_passages=options.eval_passages,
             progress=progress,
+            device=device,
         )
         sample = _generate(variant_model, tokenizer)
         del variant_model, base_model
@@ -338,7 +345,7 @@ def _serving_notes(recipe: Recipe) -> list[str]:
 def _generate(model, tokenizer, prompt: str = "The capital of France is") -> str:
     import torch
 
-    ids = tokenizer(prompt, return_tensors="pt")
+    ids = tokenizer(prompt, return_tensors="pt").to(model.device)
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)

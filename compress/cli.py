@@ -46,6 +46,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--reference", type=Path, help="compare against this model, not --base")
     b.add_argument("--vllm-python", default=default_vllm_python(), help="python of the vLLM venv")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to compute: auto is cuda when torch sees a GPU (the gateway passes its plan's)",
+    )
     b.add_argument("--progress-json", action="store_true", help="JSON progress lines on stdout")
     b.add_argument("--no-bars", action="store_true", help="no progress bars on stderr")
 
@@ -63,6 +69,9 @@ def build(args: argparse.Namespace) -> int:
     from compress.progress import Progress
     from compress.schema import DoneEvent, ErrorEvent
 
+    if args.device == "cpu":
+        # Before torch loads: llm-compressor computes on any GPU torch can see.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     # Only JSON goes to the real stdout: libraries that print go to stderr.
     json_out = sys.stdout if args.progress_json else None
     sys.stdout = sys.stderr
@@ -85,6 +94,7 @@ def build(args: argparse.Namespace) -> int:
                 reference=args.reference,
                 vllm_python=args.vllm_python,
                 seed=args.seed,
+                device=args.device,
             )
         )
         card, skipped = run(p, progress)

@@ -25,6 +25,8 @@ class BuildContext:
     progress: Progress
     seed: int = 0
     notes: dict = field(default_factory=dict)
+    # Where steps compute ("cpu", "cuda"); None: compress.device.pick_device() at use.
+    device: str | None = None
 
     def load_base(self):
         return checkpoint.load_model(self.base, "float32")

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from compress import texts
+from compress.device import autocast_type, pick_device
 
 if TYPE_CHECKING:
     from compress.context import BuildContext
@@ -95,14 +96,22 @@ def batches(windows: list[list[int]], batch_size: int, seed: int):
             yield torch.tensor(order[i : i + batch_size])
 
 
-def apply(step: DistillStep, student, tokenizer, ctx: BuildContext):
+# Where a model waits between steps: host memory (llm-compressor onloads layers from there).
+HOST = torch.device("cpu")
+
+
+def apply(step: DistillStep, student, tokenizer, ctx: BuildContext, device: str | None = None):
+    """Train `student` towards the base on `device` (default: the build's, else CUDA when
+    there is a GPU); the student comes back in host memory."""
+    device = device or ctx.device or pick_device()
     ids = texts.token_ids(tokenizer, texts.read_text(ctx.calibration_file))
     windows = texts.windows(ids, step.seq_len)
     if len(windows) < step.batch_size:
         raise ValueError(f"calibration text gives {len(windows)} windows, fewer than a batch")
-    teacher = ctx.load_base()
+    teacher = ctx.load_base().to(device)
     for p in teacher.parameters():
         p.requires_grad_(False)
+    student.to(device)
     params = trainable_parameters(student, step.train_embeddings)
     optimizer = torch.optim.AdamW(params, lr=step.lr, weight_decay=0.0, betas=(0.9, 0.95))
 
@@ -115,11 +124,12 @@ def apply(step: DistillStep, student, tokenizer, ctx: BuildContext):
         spent = max((time.monotonic() - start) / step.max_seconds, tokens / step.max_tokens)
         if spent >= 1.0:
             break
-        batch = next(stream)
+        batch = next(stream).to(device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step.lr, n_step, step.warmup_steps, spent)
-        # bf16 autocast: this CPU has AVX512-BF16, and logits are upcast inside the loss.
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        # bf16 autocast on the device computing (CPUs with AVX512-BF16, GPUs); logits are
+        # upcast inside the loss.
+        with torch.autocast(autocast_type(str(device)), dtype=torch.bfloat16):
             with torch.no_grad():
                 teacher_logits = teacher(batch, use_cache=False).logits
             student_logits = student(batch, use_cache=False).logits
@@ -135,8 +145,10 @@ def apply(step: DistillStep, student, tokenizer, ctx: BuildContext):
     student.eval()
     for p in student.parameters():
         p.requires_grad_(True)
-    del teacher
+    del teacher, optimizer
+    student.to(HOST)
     ctx.notes["distill"] = {
+        "device": str(device),
         "steps": len(losses),
         "tokens": tokens,
         "seconds": round(time.monotonic() - start, 1),

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from compress import texts
+from compress.device import pick_device
 
 
 @dataclass
@@ -54,7 +55,7 @@ def last_word_hit(model, tokenizer, passage: texts.Passage, max_context: int = 2
     """True when greedy decoding after the context yields exactly the last word's tokens."""
     context = texts.token_ids(tokenizer, passage.context)[-max_context:]
     word = texts.token_ids(tokenizer, " " + passage.word)
-    ids = torch.tensor([context + word[:-1]])
+    ids = torch.tensor([context + word[:-1]], device=next(model.parameters()).device)
     predicted = model(ids, use_cache=False).logits[0, len(context) - 1 :].argmax(-1)
     return predicted.tolist() == word
 
@@ -69,9 +70,12 @@ def evaluate(
     max_windows: int = 48,
     max_passages: int = 100,
     progress=None,
+    device: str | None = None,
 ) -> Quality:
-    model.eval()
-    base.eval()
+    """Both models are moved to `device` (default: CUDA when there is a GPU, else the CPU)."""
+    device = device or pick_device()
+    model.to(device).eval()
+    base.to(device).eval()
     ids = texts.token_ids(tokenizer, text)
     chosen = texts.windows(ids, seq_len + 1, max_windows)
     passages = texts.last_word_passages(text, max_passages)
@@ -79,8 +83,8 @@ def evaluate(
         progress.stage("evaluate", total=len(chosen) + len(passages))
     totals = {"nll": 0.0, "base_nll": 0.0, "kl": 0.0, "agree": 0, "count": 0}
     for k, window in enumerate(chosen):
-        x = torch.tensor([window[:-1]])
-        y = torch.tensor([window[1:]])
+        x = torch.tensor([window[:-1]], device=device)
+        y = torch.tensor([window[1:]], device=device)
         stats = window_stats(model(x, use_cache=False).logits, base(x, use_cache=False).logits, y)
         for key in totals:
             totals[key] += stats[key]

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from compress import texts
+from compress.device import pick_device
 
 if TYPE_CHECKING:
     from compress.context import BuildContext
@@ -82,9 +83,23 @@ def calibration_dataset(tokenizer, ctx: BuildContext, samples: int, seq_len: int
     return Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(w) for w in ids]})
 
 
-def apply(step: QuantizeStep, model, tokenizer, ctx: BuildContext):
+def apply(step: QuantizeStep, model, tokenizer, ctx: BuildContext, device: str | None = None):
+    """Quantize with llm-compressor on `device` (default: the build's). The model stays in host
+    memory: llm-compressor's sequential pipeline onloads one decoder layer at a time to the
+    accelerator it sees, so models larger than one GPU quantize too. It computes on the GPU
+    whenever torch sees one, so a CPU build must hide the GPUs (`compress build --device cpu`
+    does, through CUDA_VISIBLE_DEVICES, before torch loads)."""
+    import torch
     from llmcompressor import oneshot
 
+    from compress.errors import CompressError
+
+    device = device or ctx.device or pick_device()
+    if device == "cpu" and torch.cuda.is_available():
+        raise CompressError(
+            "quantize on the CPU was asked for, but torch sees a GPU and llm-compressor would "
+            "use it: run with --device cpu (or CUDA_VISIBLE_DEVICES=) so it sees none"
+        )
     kwargs: dict[str, Any] = {}
     if needs_calibration(step):
         cal = step.calibration
@@ -95,7 +110,8 @@ def apply(step: QuantizeStep, model, tokenizer, ctx: BuildContext):
             max_seq_length=cal.seq_len,
             shuffle_calibration_samples=False,
         )
-    ctx.progress.log(f"quantize: {step.tag()} with llm-compressor ({step.algorithm})")
+    ctx.progress.log(f"quantize: {step.tag()} with llm-compressor ({step.algorithm}) on {device}")
+    ctx.notes.setdefault("quantize_device", device)
     with ctx.layer_progress(model), _no_pinned_memory_without_accelerator():
         model = oneshot(model=model, recipe=modifiers(step), **kwargs)
     return model

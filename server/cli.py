@@ -1,6 +1,7 @@
 """`leanserve`: serve the gateway, prepare a base model, or run a compress job.
 
 leanserve serve [--config FILE] [--model M] [--host H] [--port P] [--home DIR]
+leanserve plan [--config FILE] [--json] [--cores 16,16] [--gpus 80x8] [--base-gib N]
 leanserve model prepare [MODEL] [--home DIR]
 leanserve compress ...   (runs `python -m compress ...` in the compress environment)
 """
@@ -34,9 +35,19 @@ def serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine call is noise
+    from server.basemodel import expected_name
+    from server.placement import PlanError, plan_for
+
+    placement = None
+    if expected_name(settings.model) not in settings.remote_engines:
+        try:  # refused here, with what does not fit, rather than an out-of-memory crash later
+            placement = plan_for(settings)
+        except PlanError as exc:
+            print(f"leanserve: the engines do not fit this machine: {exc}", file=sys.stderr)
+            return 2
     limits = settings.limits
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, placement),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -127,9 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     en.add_argument("--port", type=int, default=8000)
     en.add_argument("--wait-s", type=float, default=24 * 3600, help="how long to wait for a build")
     sub.add_parser("compress", help="build compressed variants (see `leanserve compress --help`)")
+    from server.placement import show
+
+    show.add_arguments(sub.add_parser("plan", help="print where each engine would run"))
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "plan":
+        return show.main(args)
     if args.command == "engine":
         return engine(args)
     from server import basemodel

@@ -122,6 +122,10 @@ class EngineConfig:
             env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_bind
         if self.compile_cache is not None:
             env.setdefault("VLLM_CACHE_ROOT", str(self.compile_cache))
+            # vLLM 0.32's AOT-compiled artifacts fail to load back ("'function' object has no
+            # attribute 'finalize_loading'") and it compiles again; its inductor cache loads
+            # (docs/toolchain.md).
+            env.setdefault("VLLM_USE_AOT_COMPILE", "0")
         if self.placement is not None:
             env.update(self.placement.env)  # the plan's cores and GPUs win over inherited ones
         return env

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
-import httpx
-
 from compress.schema import Card
+from server.backends.engine_client import EngineClient, EngineError
 from server.backends.engine_process import EngineProcess
+from server.backends.lease import Books, Lease, RequestInfo
 from server.backends.remote_engine import RemoteEngine
 from server.errors import model_not_found
+from server.limits import StreamSlot
 from server.routing.admission import ConcurrencyLimit
 from server.routing.breaker import Breaker
 from server.routing.live_stats import LiveStats
@@ -21,13 +22,13 @@ Engine = EngineProcess | RemoteEngine
 
 @dataclass
 class Backend:
-    """One served variant: its engine and the HTTP client that talks to it."""
+    """One served variant: its engine and the client that talks to it."""
 
     name: str  # public model name: "<base>" or "<base>:<variant>"
     engine: Engine
-    client: httpx.AsyncClient
+    client: EngineClient
     card: Card | None = None  # the variant's measured card; None for the base
-    in_flight: int = 0
+    in_flight: int = 0  # requests between their lease's start and its finish
     max_model_len: int | None = None  # read from the engine once it is ready
     variant: str | None = None  # recipe name; None for the base
     stats: LiveStats = field(default_factory=LiveStats)
@@ -35,48 +36,43 @@ class Backend:
     admission: ConcurrencyLimit = field(default_factory=ConcurrencyLimit)  # for the slo policy
     accepting: bool = True  # False while retiring: no new requests
 
-    def __post_init__(self) -> None:
-        # An engine seen dying opens the breaker at once (no request needs to fail first); the
-        # engine answering again closes it.
-        self.engine.on_down = self._engine_down
-        self.engine.on_up = lambda: self.breaker.success()
-        self._closing: set[asyncio.Task] = set()
-
-    def _engine_down(self) -> None:
-        self.breaker.trip()
-        if isinstance(self.engine, EngineProcess):
-            # The process exited: drop every connection to it, so a request still waiting on
-            # one fails now (503, or an error event mid-stream) rather than waiting on a socket
-            # that something else may hold open. A remote engine that misses a health check
-            # may still be streaming: its connections stay.
-            old = self.client
-            self.client = engine_client(str(old.base_url), old.timeout.read, self.engine.api_key)
-            task = asyncio.get_running_loop().create_task(old.aclose())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-
     @property
     def ready(self) -> bool:
         return self.engine.ready
 
+    def lease(
+        self, kind: str, request: RequestInfo, books: Books, slot: StreamSlot | None = None
+    ) -> Lease:
+        """Serve one request here: `async with backend.lease(...) as lease:`. `kind` is "chat"
+        or "completions"; `slot` (streams only) is the request's stream slot, given back when
+        the stream ends."""
+        return Lease(self, kind, request, books, slot)
+
+    def engine_down(self) -> None:
+        """The engine was seen dying: open the breaker at once (no request needs to fail
+        first)."""
+        self.breaker.trip()
+        if isinstance(self.engine, EngineProcess):
+            # The process exited: drop every connection to it, so a request still waiting on
+            # one fails now (503, or an error event mid-stream). A remote engine that misses a
+            # health check may still be streaming: its connections stay.
+            self.client.drop_connections()
+
+    def engine_up(self) -> None:
+        """The engine answers (again): close the breaker."""
+        self.breaker.success()
+
     async def context_window(self) -> int | None:
         """The engine's max_model_len, asked once (remote engines may differ from our config)."""
         if self.max_model_len is None:
-            with contextlib.suppress(httpx.HTTPError, KeyError, IndexError, ValueError):
-                models = (await self.client.get("/v1/models")).json()["data"]
-                self.max_model_len = models[0].get("max_model_len")
+            with contextlib.suppress(EngineError, KeyError, IndexError, ValueError, TypeError):
+                self.max_model_len = (await self.client.models())[0].get("max_model_len")
         return self.max_model_len
 
 
-def engine_client(url: str, timeout_s: float, api_key: str | None = None) -> httpx.AsyncClient:
+def engine_client(url: str, timeout_s: float, api_key: str | None = None) -> EngineClient:
     """Every call to the engine goes through this client, so each carries its key."""
-    # No pool limit: the engine does its own queueing, and a cap here would add a second queue.
-    return httpx.AsyncClient(
-        base_url=url,
-        timeout=httpx.Timeout(timeout_s, connect=5.0),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-        headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
-    )
+    return EngineClient(url, timeout_s, api_key)
 
 
 @dataclass
@@ -85,10 +81,17 @@ class Registry:
     backends: dict[str, Backend] = field(default_factory=dict)
 
     def add(self, backend: Backend) -> None:
+        # The engine's supervisor (or health poll) tells its backend when it dies or answers
+        # again; wired here, where the two are put together, and undone on removal.
+        backend.engine.on_down = backend.engine_down
+        backend.engine.on_up = backend.engine_up
         self.backends[backend.name] = backend
 
     def remove(self, name: str) -> Backend | None:
-        return self.backends.pop(name, None)
+        backend = self.backends.pop(name, None)
+        if backend is not None:
+            backend.engine.on_down = backend.engine.on_up = None
+        return backend
 
     def get(self, model: str) -> Backend:
         """A backend by public name; "<base>:base" pins the base itself."""

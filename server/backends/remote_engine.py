@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import logging
 
-import httpx
-
+from server.backends.engine_client import EngineClient, EngineError
 from server.backends.engine_process import EngineState
 
 log = logging.getLogger("leanserve.engine")
+
+HEALTH_TIMEOUT_S = 2.0
 
 
 class RemoteEngine:
@@ -19,7 +20,7 @@ class RemoteEngine:
     def __init__(self, name: str, url: str, poll_s: float = 2.0, api_key: str | None = None):
         self.name = name
         self.url = url.rstrip("/")
-        self.api_key = api_key  # remote_engine_keys: sent on every call, health checks included
+        self.api_key = api_key  # remote_engine_keys
         self.poll_s = poll_s
         self.state = EngineState.STARTING
         self.last_error: str | None = None
@@ -53,14 +54,14 @@ class RemoteEngine:
         self.state = EngineState.STOPPED
 
     async def _poll(self) -> None:
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        async with httpx.AsyncClient(timeout=2.0, headers=headers) as client:
+        # remote_engine_keys: the key goes on every call, health checks included.
+        async with EngineClient(self.url, HEALTH_TIMEOUT_S, self.api_key) as client:
             while True:
                 try:
-                    healthy = (await client.get(f"{self.url}/health")).status_code == 200
+                    healthy = await client.health()
                     self.last_error = None if healthy else "health check failed"
-                except httpx.HTTPError as exc:
-                    healthy, self.last_error = False, f"unreachable: {type(exc).__name__}"
+                except EngineError as exc:
+                    healthy, self.last_error = False, f"unreachable: {exc.cause}"
                 if self.ready and not healthy and self.on_down is not None:
                     self.on_down()
                 if healthy and not self.ready and self.on_up is not None:

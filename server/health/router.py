@@ -32,7 +32,14 @@ def _details(backend: Backend) -> dict:
         "in_flight": backend.in_flight,
         "concurrency_limit": int(backend.admission.limit),
         "error": backend.engine.last_error,
+        # Where it runs (leanserve plan): cores or GPUs; None for a remote engine.
+        "placement": _placement(backend),
     }
+
+
+def _placement(backend: Backend) -> dict | None:
+    placement = getattr(backend.engine, "placement", None)
+    return None if placement is None else placement.as_dict()
 
 
 def _may_see_details(request: Request, state: AppState) -> bool:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+from server.backends.engine_client import EngineError
 
 # vLLM series -> our gauge attribute on Metrics
 WANTED = {
@@ -32,10 +33,10 @@ async def refresh(registry, metrics, timeout_s: float = 1.0) -> None:
     async def one(name, backend):
         if not backend.ready:
             return
-        with contextlib.suppress(httpx.HTTPError, ValueError):
-            response = await backend.client.get("/metrics", timeout=timeout_s)
+        with contextlib.suppress(EngineError, ValueError):
+            text = await backend.client.metrics_text(timeout_s)
             # vLLM's exposition is hundreds of lines: parse it off the event loop.
-            values = await asyncio.to_thread(parse, response.text)
+            values = await asyncio.to_thread(parse, text)
             for series, value in values.items():
                 getattr(metrics, WANTED[series]).labels(name).set(value)
 

@@ -80,7 +80,7 @@ def plan_gpus(
     cap = engine.gpu_memory_utilization or DEFAULT_CAP
     notes: list[str] = []
     if not needs:
-        return {}, BuildPlacement("cuda", (gpus[0].index,), reason="no local engine"), notes
+        return {}, BuildPlacement("cuda", gpus=(gpus[0].index,), reason="no local engine"), notes
     if any(n.weight_bytes is None for n in needs):
         notes.append("a model's size is unknown (not downloaded): its memory is not checked")
     base, variants = needs[0], needs[1:]
@@ -127,7 +127,7 @@ def plan_gpus(
     idle = [i for i in packed if not packed[i]] if not single else []
     builds = None
     if idle:
-        builds = BuildPlacement("cuda", (idle[0],), reason="a GPU no engine uses")
+        builds = BuildPlacement("cuda", gpus=(idle[0],), reason="a GPU no engine uses")
     elif variants and engine.build_gpu_fraction > 0:
         rooms = {i: cap - sum(f for _, f in packed[i]) for i in packed}
         if single:
@@ -139,7 +139,7 @@ def plan_gpus(
             reserve_at = max(ok, key=lambda i: rooms[i]) if ok else None
         if reserve_at is not None:
             builds = BuildPlacement(
-                "cuda", (reserve_at,), memory_fraction=engine.build_gpu_fraction,
+                "cuda", gpus=(reserve_at,), memory_fraction=engine.build_gpu_fraction,
                 reason=f"{engine.build_gpu_fraction:g} of GPU {reserve_at} is kept for builds",
             )  # fmt: skip
     if builds is None:

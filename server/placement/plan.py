@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -73,6 +74,17 @@ class BuildPlacement:
         out = asdict(self)
         out["cores"], out["gpus"] = list(self.cores), list(self.gpus)
         return out
+
+    def preexec(self):
+        """What a build's process runs before exec: keep to the build's cores, at its nice."""
+        cores, priority = self.cores, self.priority
+
+        def setup() -> None:
+            if cores:
+                os.sched_setaffinity(0, cores)
+            os.nice(priority)
+
+        return setup
 
 
 @dataclass

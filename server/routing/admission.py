@@ -8,8 +8,8 @@ learned the way TCP learns a congestion window (AIMD):
 - every streamed request's time to first token is a sample. One above `target` (a fraction of
   the SLO, to leave room for the requests already sent) cuts the limit by `decrease`, at most
   once per round trip: samples from requests sent before the last cut say nothing about it;
-  A stream still waiting past the target counts as such a sample at once (the gateway checks
-  when it routes): a slowdown is seen before the slow answers arrive;
+  A stream still waiting past the target counts as such a sample at once (its lease sets a
+  timer for the target): a slowdown is seen before the slow answers arrive;
 - a sample within target while the variant was at its limit raises the limit by 1 / limit, so
   about +1 per limit's worth of good answers. Below its limit a variant shows nothing about
   more load, so the limit does not grow there;

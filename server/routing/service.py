@@ -26,6 +26,8 @@ NO_CARD = Card()  # a backend without a card reads as one with every figure unkn
 
 @dataclass
 class RoutePlan:
+    """Where one request may go: candidates in order, and why (the X-Leanserve-* headers)."""
+
     candidates: list[Backend]
     policy: str
     reason: str
@@ -71,10 +73,8 @@ def prior_latency(backend: Backend) -> tuple[float, float]:
 
 
 def backend_state(backend: Backend, settings: Settings, base_tps: float | None) -> BackendState:
-    slo_ttft, oldest = settings.routing.slo.ttft_s, backend.stats.oldest_sent_at()
-    if oldest is not None:  # a stream waiting past the target already tells the limit
-        now = time.monotonic()
-        backend.admission.still_waiting(now - oldest, oldest, slo_ttft, now)
+    """A snapshot of the backend for the policies; changes nothing (the admission limit is
+    updated by the requests' leases, server/backends/lease.py)."""
     usd_per_mtok_base = settings.cost.machine_usd_per_hour / ((base_tps or 1.0) * 3600) * 1e6
     prior_ttft, prior_tpot = prior_latency(backend)
     ttft, tpot = backend.stats.predict(prior_ttft, prior_tpot)
@@ -134,7 +134,7 @@ def parse_policy(raw: str | None) -> PolicyName | None:
         ) from None
 
 
-def plan(
+def route(
     model: str,
     policy: PolicyName | None,
     settings: Settings,

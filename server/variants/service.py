@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -31,10 +32,12 @@ from compress.schema import (
     parse_event,
     problems,
 )
-from server.backends.engine_process import EngineConfig, EngineProcess
+from server.backends.engine_process import EngineConfig, EngineProcess, compile_cache_dir
 from server.backends.registry import Backend, Registry, engine_client
 from server.errors import APIError
 from server.metrics.registry import Metrics
+from server.placement import Placer, PlanError
+from server.placement.needs import GIB, base_bytes, variant_need
 from server.settings import Settings
 
 log = logging.getLogger("leanserve.variants")
@@ -80,13 +83,13 @@ class VariantManager:
         registry: Registry,
         metrics: Metrics,
         base_model: Callable[[], Awaitable[str]],
-        cpu_core: Callable[[int], str | None] = lambda index: None,
+        placer: Placer | None = None,
     ):
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
         self.base_model = base_model  # the prepared base checkpoint's path
-        self.cpu_core = cpu_core
+        self.placer = placer  # the placement plan; None: engines are not placed
         self.variants: dict[str, Variant] = {}
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
@@ -105,10 +108,19 @@ class VariantManager:
             )
         vid = variant_id(recipe)
         existing = self.variants.get(vid)
-        if existing and existing.state != "failed":
+        if existing and existing.state not in ("failed", "no_room"):
             return existing
         variant = Variant(vid, f"{self.registry.base_name}:{vid}", recipe)
         self.variants[vid] = variant
+        if self.placer is not None:
+            # Room is claimed before the build (from the recipe's estimated size): a variant
+            # that cannot fit is refused now, not after a build, and the base keeps its share.
+            try:
+                self.placer.place(self._need(variant))
+            except PlanError as exc:
+                variant.state, variant.error = "no_room", str(exc)
+                log.warning("variant %s: %s", variant.name, exc)
+                return variant
         self.metrics.add_build(variant.name)
         self._queue.put_nowait(vid)
         return variant
@@ -140,7 +152,9 @@ class VariantManager:
             "percent": round(variant.percent, 1),
             "stage": variant.stage,
             "eta_s": self._eta(variant),
-            "error": variant.error if detail or variant.error is None else BUILD_FAILED,
+            "error": variant.error
+            if detail or variant.error is None or state == "no_room"  # no path in it
+            else BUILD_FAILED,
             "reused": variant.reused,
             "path": variant.path if detail else None,
             "card": variant.card if detail else _without_paths(variant.card),
@@ -161,7 +175,7 @@ class VariantManager:
             if variant.state == "building" and self._job and self._job.returncode is None:
                 self._job.terminate()  # compress removes its temporary folder on SIGTERM
             variant.state, variant.error = "failed", "retired before it was built"
-            self.variants.pop(vid, None)
+            self._forget(variant)
             return variant
         variant.state = "retiring"
         backend = self.registry.backends.get(variant.name)
@@ -173,8 +187,24 @@ class VariantManager:
             self.registry.remove(variant.name)
             await backend.engine.stop()
             await backend.client.aclose()
-        self.variants.pop(vid, None)
+        self._forget(variant)
         return variant
+
+    def _forget(self, variant: Variant) -> None:
+        """Drop the variant and give its place in the plan back."""
+        self.variants.pop(variant.id, None)
+        if self.placer is not None:
+            self.placer.release(variant.name)
+        self.metrics.clear_placement(variant.name)
+
+    def _need(self, variant: Variant):
+        """What the variant's engine needs: the card's size once built, else an estimate."""
+        size = ((variant.card or {}).get("size") or {}).get("bytes")
+        engine = self.settings.engine
+        return variant_need(
+            variant.name, variant.recipe, base_bytes(self.settings),
+            int(engine.kv_cache_gib * GIB), engine.weights.get(variant.id, 1.0), size,
+        )  # fmt: skip
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -206,6 +236,8 @@ class VariantManager:
             if variant.state == "failed":
                 self.metrics.build_failures.labels(variant.name).inc()
                 self.metrics.build_failed.labels(variant.name).set(1)
+                if self.placer is not None:
+                    self.placer.release(variant.name)
                 continue
             self.metrics.build_failed.labels(variant.name).set(0)
             await self._serve(variant)
@@ -221,6 +253,11 @@ class VariantManager:
         ]  # fmt: skip
         if self.settings.build_speed:
             cmd += ["--speed", "--vllm-python", self.settings.engine.python]
+        env, setup = None, None
+        if self.placer is not None:  # where the plan runs builds: a device, cores, nice 19
+            builds = self.placer.plan.builds
+            cmd += ["--device", builds.device]
+            env, setup = {**os.environ, **builds.env()}, builds.preexec()
         log_path = self.settings.home / "logs" / f"build-{variant.id.replace(':', '_')}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as stderr:
@@ -229,6 +266,8 @@ class VariantManager:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=stderr,
                 stdin=asyncio.subprocess.DEVNULL,
+                env=env,
+                preexec_fn=setup,
             )
             last_error = None
             async for line in self._job.stdout:
@@ -269,12 +308,21 @@ class VariantManager:
         self.metrics.build_progress.labels(variant.name).set(variant.percent / 100)
 
     async def _serve(self, variant: Variant) -> None:
+        placement = None
+        if self.placer is not None:
+            try:  # the place claimed at the request, or (declared variants) the planned one
+                placement = self.placer.place(self._need(variant))
+            except PlanError as exc:
+                variant.state, variant.error = "no_room", str(exc)
+                log.warning("variant %s built, not served: %s", variant.name, exc)
+                return
         config = EngineConfig.from_settings(
             self.settings.engine,
             variant.name,
             variant.path,
             log_path=self.settings.home / "logs" / f"engine-{variant.id.replace(':', '_')}.log",
-            cpu_bind=self.cpu_core(len(self.registry.backends)),
+            placement=placement,
+            compile_cache=compile_cache_dir(self.settings.home),
         )
         process = EngineProcess(config)
         card = Card.model_validate(variant.card) if variant.card else None
@@ -289,6 +337,8 @@ class VariantManager:
         backend.breaker.cooldown_s = self.settings.routing.breaker_cooldown_s
         self.metrics.add_variant(variant.name)
         self.metrics.set_card(variant.name, variant.recipe, card)
+        if placement is not None:
+            self.metrics.set_placement(variant.name, placement)
         self.registry.add(backend)  # not routed to until its engine is ready
         await process.start()
 

@@ -47,9 +47,16 @@ METRICS = {
     "leanserve_engine_memory_bytes": {"variant"},
     "leanserve_engine_cpu_seconds_total": {"variant"},
     "leanserve_engine_placement_info": {
-        "variant", "device", "cores", "numa_node", "gpus", "tp", "memory_fraction",
-        "shares_with", "nice",
-    },  # fmt: skip
+        "variant",
+        "device",
+        "cores",
+        "numa_node",
+        "gpus",
+        "tp",
+        "memory_fraction",
+        "shares_with",
+        "nice",
+    },
     # GPU series: absent on hosts without a GPU.
     "leanserve_gpu_memory_used_bytes": {"gpu"},
     "leanserve_gpu_memory_total_bytes": {"gpu"},

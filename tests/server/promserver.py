@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import re
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import yaml
 
+from compress.vllm_command import free_port
 from tests.deploy import tools
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,12 +52,6 @@ def get_prometheus_or_skip() -> Path:
         if tools.require_tools():
             pytest.fail(message)
         pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _is_finite(value: str) -> bool:
@@ -179,7 +173,7 @@ def start_prometheus(
     lifecycle: bool = False,
 ) -> Prometheus:
     workdir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     config = workdir / "prometheus.yml"
     config.write_text(yaml.safe_dump(config_for(gateway_url, port, interval), sort_keys=False))
     log = (workdir / "prometheus.log").open("w")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import sys
 
-import httpx
 import pytest
 
+from server.backends.engine_client import EngineError
 from server.backends.engine_process import EngineConfig, EngineProcess
-from server.backends.registry import Backend, engine_client
+from server.backends.registry import Backend, Registry, engine_client
 
 
 async def _silent_server() -> tuple[asyncio.AbstractServer, str]:
@@ -25,18 +25,22 @@ async def _silent_server() -> tuple[asyncio.AbstractServer, str]:
 async def test_waiting_requests_fail_at_once_when_the_engine_process_dies():
     server, url = await _silent_server()
     engine = EngineProcess(EngineConfig(name="m", model="unused", python=sys.executable))
-    backend = Backend("m", engine, engine_client(url, 600))
-    old_client = backend.client
-    waiting = asyncio.create_task(backend.client.post("/v1/chat/completions", json={}))
+    registry = Registry("m")
+    registry.add(Backend("m", engine, engine_client(url, 600)))  # wires the engine's events
+    backend = registry.backends["m"]
+    waiting = asyncio.create_task(backend.client.complete("/v1/chat/completions", {}))
     await asyncio.sleep(0.3)
     assert not waiting.done(), "the silent server must keep the request waiting"
 
     engine.on_down()  # what the supervisor calls when the process exits
 
-    with pytest.raises(httpx.TransportError):  # the gateway answers these with 503
+    with pytest.raises(EngineError):  # the gateway answers these with 503
         await asyncio.wait_for(waiting, 2)
     assert backend.breaker.open
-    assert backend.client is not old_client, "a restarted engine gets fresh connections"
-    assert str(backend.client.base_url) == str(old_client.base_url)
+    # A restarted engine gets fresh connections: a new call waits for an answer again.
+    again = asyncio.create_task(backend.client.complete("/v1/chat/completions", {}))
+    await asyncio.sleep(0.3)
+    assert not again.done(), "calls after the drop must open new connections"
+    again.cancel()
     await backend.client.aclose()
     server.close()

@@ -93,7 +93,7 @@ def test_the_gateway_client_of_a_local_engine_sends_its_key(tmp_path):
 async def test_a_restarted_engine_keeps_its_key_on_the_new_client(tmp_path):
     registry = build_registry(load_settings(home=tmp_path, variants=[]))
     (backend,) = registry.backends.values()
-    backend._engine_down()  # what the supervisor calls when the process exits
+    backend.engine.on_down()  # what the supervisor calls when the process exits
     assert backend.client.headers["authorization"] == f"Bearer {backend.engine.api_key}"
     await backend.client.aclose()
 

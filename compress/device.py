@@ -1,0 +1,34 @@
+"""Which device a build computes on: the one it is given, else CUDA where torch sees a GPU.
+
+The gateway's placement plan passes `--device` (and CUDA_VISIBLE_DEVICES for the GPU it chose);
+run by hand, a build picks for itself. Steps take the device as a parameter and never name one.
+"""
+
+from __future__ import annotations
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def pick_device() -> str:
+    """The device to compute on: "cuda" when torch sees a CUDA GPU, else "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve(device: str | None) -> str:
+    """`auto`/None -> pick_device(); `cuda` without a GPU is an error (named, not a crash)."""
+    from compress.errors import CompressError
+
+    if device in (None, "auto"):
+        return pick_device()
+    if device not in DEVICES:
+        raise CompressError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}")
+    if device == "cuda" and pick_device() != "cuda":
+        raise CompressError("--device cuda, but torch sees no CUDA GPU")
+    return device
+
+
+def autocast_type(device: str) -> str:
+    """torch.autocast's device_type for a device string ("cuda:1" -> "cuda")."""
+    return device.split(":")[0]
