@@ -156,7 +156,15 @@ class Metrics:
         )
         self.experiment_p_value = Gauge(
             "leanserve_experiment_p_value",
-            "p-value of an arm against the control, last report.",
+            "Fixed-horizon (Welch) p-value of an arm against the control, last report: valid "
+            "only when read once at a sample size fixed in advance.",
+            ["experiment", "arm", "metric"],
+            registry=r,
+        )
+        self.experiment_always_valid_p = Gauge(
+            "leanserve_experiment_always_valid_p",
+            "Always-valid p-value of an arm against the control, last report: valid however "
+            "often it is read (alert on it, not on leanserve_experiment_p_value).",
             ["experiment", "arm", "metric"],
             registry=r,
         )
@@ -259,6 +267,10 @@ class Metrics:
             for metric, test in (figures.get("vs_control") or {}).items():
                 if test.get("p_value") is not None:
                     self.experiment_p_value.labels(name, arm, metric).set(test["p_value"])
+                if test.get("always_valid_p") is not None:
+                    self.experiment_always_valid_p.labels(name, arm, metric).set(
+                        test["always_valid_p"]
+                    )
 
     def add_variant(self, variant: str, routes: tuple[str, ...] = ("chat", "completions")) -> None:
         """Pre-create a variant's series so dashboards show zeros, not gaps."""

@@ -218,3 +218,27 @@ def test_guardrail_rejects_bad_arguments():
         with pytest.raises(ValueError, match="margin"):
             stats.guardrail_breach([], "a", "b", "latency", margin)
     assert stats.guardrail_breach([], "a", "b", "error_rate", 0.05) is None
+
+
+def test_the_report_publishes_the_always_valid_p_value_for_alerts():
+    from prometheus_client import generate_latest
+
+    from server.metrics.registry import Metrics
+
+    rng = np.random.default_rng(3)
+    rows = _rows("a", list(rng.normal(1.0, 0.1, 300))) + _rows("b", list(rng.normal(1.5, 0.1, 300)))
+    report = {"experiment": "ab", **stats.report(rows, {"a": 1.0, "b": 1.0}, "a")}
+    metrics = Metrics(enabled=True)
+    metrics.publish_report(report)
+    text = generate_latest(metrics.registry).decode()
+    line = next(
+        x
+        for x in text.splitlines()
+        if x.startswith("leanserve_experiment_always_valid_p{")
+        and 'arm="b"' in x
+        and 'metric="latency_s"' in x
+    )
+    assert float(line.split()[-1]) == pytest.approx(
+        report["arms"]["b"]["vs_control"]["latency_s"]["always_valid_p"]
+    )
+    assert float(line.split()[-1]) < 0.05
