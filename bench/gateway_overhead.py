@@ -1,7 +1,8 @@
 """Gateway overhead: the same streaming load straight to vLLM and through the gateway, one run.
 
-Rounds alternate direct / gateway so that drift on a shared machine hits both alike; the
-result is the ratio of median throughputs and the difference of median times to first token.
+Rounds alternate direct / gateway (order flipped each round) so that drift on a shared machine
+hits both alike; the result is the ratio of median throughputs, the mean of per-round ratios
+with its 95 % interval, and the difference of median times to first token.
 At 32 streams, time to first token is mostly queueing in the engine, so the gateway's own
 addition is also measured one request at a time, in direct/gateway pairs.
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.loadgen import one_request, run_round  # noqa: E402
+from bench.loadgen import one_request, paired_ratio, run_round  # noqa: E402
 from tests.server.gateway import REPO, engine_headers, start_gateway  # noqa: E402
 
 
@@ -41,14 +42,27 @@ async def paired_ttft(
                 got[url] = await one_request(client, url, model, 1, i)
             differences.append(got[gateway_url].ttft_s - got[engine_url].ttft_s)
     differences.sort()
+    low, high = median_interval(differences)
     return {
         "ttft_pairs": pairs,
         "added_ttft_ms_median_1_stream": round(statistics.median(differences) * 1000, 2),
+        "added_ttft_ms_median_ci95": [round(low * 1000, 2), round(high * 1000, 2)],
         "added_ttft_ms_p25_p75": [
             round(differences[len(differences) // 4] * 1000, 2),
             round(differences[3 * len(differences) // 4] * 1000, 2),
         ],
     }
+
+
+def median_interval(values: list[float]) -> tuple[float, float]:
+    """95 % distribution-free interval of the median: order statistics picked by the binomial."""
+    from scipy import stats
+
+    ordered = sorted(values)
+    n = len(ordered)
+    lo = max(int(stats.binom.ppf(0.025, n, 0.5)) - 1, 0)
+    hi = min(int(stats.binom.ppf(0.975, n, 0.5)), n - 1)
+    return ordered[lo], ordered[hi]
 
 
 async def measure(
@@ -75,6 +89,9 @@ async def measure(
         return paired
     direct_tps = statistics.median(r.tokens_per_s for r in rounds["direct"])
     gateway_tps = statistics.median(r.tokens_per_s for r in rounds["gateway"])
+    ratio, ratio_low, ratio_high = paired_ratio(
+        [r.tokens_per_s for r in rounds["gateway"]], [r.tokens_per_s for r in rounds["direct"]]
+    )
     ttft = {k: statistics.median(x.ttft_s for r in v for x in r.results) for k, v in rounds.items()}
     return {
         "concurrency": args.concurrency,
@@ -84,6 +101,10 @@ async def measure(
         "direct_tokens_per_s": round(direct_tps, 1),
         "gateway_tokens_per_s": round(gateway_tps, 1),
         "throughput_ratio": round(gateway_tps / direct_tps, 4),
+        "paired_ratio_mean_ci95": [round(x, 4) for x in (ratio, ratio_low, ratio_high)],
+        "per_round_tokens_per_s": {
+            label: [round(r.tokens_per_s, 1) for r in v] for label, v in rounds.items()
+        },
         "direct_median_ttft_ms": round(ttft["direct"] * 1000, 2),
         "gateway_median_ttft_ms": round(ttft["gateway"] * 1000, 2),
         "added_median_ttft_ms": round((ttft["gateway"] - ttft["direct"]) * 1000, 2),

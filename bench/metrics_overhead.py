@@ -48,9 +48,9 @@ from tests.server.promserver import (  # noqa: E402
 
 
 def request_path_updates_us(n: int = 20000) -> float:
-    """Microseconds of prometheus_client work per streamed request: the calls
-    server/inference/service.py makes for one request (routing, in flight, status, latency,
-    usage, time to first token and per output token)."""
+    """Microseconds of prometheus_client work per streamed request: the calls a request's
+    lease (server/backends/lease.py) and the fallback loop make for it (routing, in flight,
+    status, latency, usage, time to first token and per output token)."""
     m = Metrics()
     m.add_variant("v")
     usage = {"prompt_tokens": 12, "completion_tokens": 128}

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from compress.errors import CompressError
+from compress.vllm_command import free_port, vllm_command, vllm_environment
 
 PROMPT = (
     "The Python language reference describes the syntax and core semantics of the "
@@ -38,12 +38,6 @@ def default_vllm_python() -> str | None:
         return env
     candidate = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
     return str(candidate) if candidate.exists() else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _die_with_parent() -> None:
@@ -90,18 +84,12 @@ def start_engine(
     port = free_port()
     config = json.loads((model_dir / "config.json").read_text())
     max_model_len = min(max_model_len, int(config.get("max_position_embeddings", max_model_len)))
-    cmd = [
-        python, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_dir), "--served-model-name", name,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--enforce-eager", "--max-model-len", str(max_model_len),
-    ]  # fmt: skip
-    env = {
-        **os.environ,
-        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-    }
+    cmd = vllm_command(
+        python, str(model_dir), name, port, max_model_len=max_model_len, enforce_eager=True
+    )
+    env = vllm_environment(os.environ, kv_cache_gib)
+    # A card's speed figures are measured with this KV cache, whatever the environment says.
+    env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
     log = log_path.open("w")
     # Own process group: vLLM spawns an engine-core child that must die with it.
     process = subprocess.Popen(

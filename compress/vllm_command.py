@@ -1,12 +1,16 @@
-"""How a vLLM OpenAI server is started: a free local port for it.
+"""How a vLLM OpenAI server is started: its command line, its environment, a free port.
 
-Standard library only: the gateway imports it (as it imports compress.schema), and so do
-compress's speed runs and the tests, which is why it lives in compress/.
+The one place both sides build them: the gateway's engines (server/backends/engine_process.py)
+and compress's speed runs (compress/speed.py). Standard library only, so the gateway imports it
+as it imports compress.schema, without anything of compress's heavy dependencies.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping, Sequence
+
+API_SERVER = "vllm.entrypoints.openai.api_server"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -14,3 +18,50 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def vllm_command(
+    python: str,
+    model: str,
+    name: str,
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    max_model_len: int | None = None,
+    enforce_eager: bool = False,
+    trust_remote_code: bool = False,
+    gpu_memory_utilization: float | None = None,
+    flags: Sequence[str] = (),
+) -> list[str]:
+    """`<python> -m vllm.entrypoints.openai.api_server` serving `model` as `name`.
+
+    `flags` go last, so they win over the ones above: a placement's flags, then the operator's
+    extra arguments. The API key never goes here (every user of the host can read a command
+    line): it travels as VLLM_API_KEY in the environment.
+    """
+    cmd = [python, "-m", API_SERVER, "--model", model, "--served-model-name", name]
+    cmd += ["--host", host, "--port", str(port)]
+    if max_model_len:
+        cmd += ["--max-model-len", str(max_model_len)]
+    if enforce_eager:
+        cmd.append("--enforce-eager")
+    if trust_remote_code:
+        cmd.append("--trust-remote-code")
+    if gpu_memory_utilization:
+        cmd += ["--gpu-memory-utilization", str(gpu_memory_utilization)]
+    return cmd + list(flags)
+
+
+def vllm_environment(
+    inherited: Mapping[str, str], kv_cache_gib: float, offline: bool = True
+) -> dict[str, str]:
+    """`inherited` plus what every engine needs: a KV cache size for CPU engines (an inherited
+    VLLM_CPU_KVCACHE_SPACE wins), no usage reports, and, for local checkpoints, no hub."""
+    env = dict(inherited)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{kv_cache_gib:g}")
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    env.setdefault("DO_NOT_TRACK", "1")
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+        env["TRANSFORMERS_OFFLINE"] = "1"
+    return env

@@ -19,7 +19,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,8 +26,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
 import psutil
+
+from compress.vllm_command import free_port, vllm_command, vllm_environment
+from server.backends.engine_client import EngineClient, EngineError
 
 if TYPE_CHECKING:
     from server.placement.plan import Placement
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("leanserve.engine")
 
 PR_SET_PDEATHSIG = 1
+HEALTH_TIMEOUT_S = 2.0
 
 
 class EngineState(StrEnum):
@@ -97,27 +99,23 @@ class EngineConfig:
         return cls(name=name, model=model, **{**fields, **more})
 
     def command(self, port: int) -> list[str]:
-        cmd = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model]
-        cmd += ["--served-model-name", self.name, "--host", self.host, "--port", str(port)]
-        if self.max_model_len:
-            cmd += ["--max-model-len", str(self.max_model_len)]
-        if self.enforce_eager:
-            cmd.append("--enforce-eager")
-        if self.trust_remote_code:
-            cmd.append("--trust-remote-code")
-        if self.gpu_memory_utilization:
-            cmd += ["--gpu-memory-utilization", str(self.gpu_memory_utilization)]
-        if self.placement is not None:
-            cmd += list(self.placement.flags)  # before extra_args, which may override them
-        return cmd + list(self.extra_args)
+        # The plan's flags before extra_args, which may override them.
+        placed = list(self.placement.flags) if self.placement is not None else []
+        return vllm_command(
+            self.python,
+            self.model,
+            self.name,
+            port,
+            host=self.host,
+            max_model_len=self.max_model_len,
+            enforce_eager=self.enforce_eager,
+            trust_remote_code=self.trust_remote_code,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            flags=[*placed, *self.extra_args],
+        )
 
     def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self.kv_cache_gib:g}")
-        env.setdefault("VLLM_NO_USAGE_STATS", "1")
-        env.setdefault("DO_NOT_TRACK", "1")
-        if self.offline:
-            env["HF_HUB_OFFLINE"] = "1"
+        env = vllm_environment(os.environ, self.kv_cache_gib, self.offline)
         if self.cpu_bind is not None:
             env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_bind
         if self.compile_cache is not None:
@@ -135,12 +133,6 @@ def compile_cache_dir(home: Path) -> Path:
     """Where engines keep vLLM's torch.compile artifacts (VLLM_CACHE_ROOT): in the store, so a
     restarted compiled engine skips most of its compilation."""
     return (home / "compile-cache").resolve()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 # Loaded here, once: the child runs _child_setup's function between fork and exec, where loading
@@ -320,15 +312,14 @@ class EngineProcess:
 
     async def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.config.start_timeout_s
-        headers = {"Authorization": f"Bearer {self.api_key}"}  # vLLM leaves /health open
-        async with httpx.AsyncClient(timeout=2.0, headers=headers) as client:
+        async with EngineClient(self.url, HEALTH_TIMEOUT_S, self.api_key) as client:
             while time.monotonic() < deadline:
                 if self._proc.returncode is not None:
                     raise RuntimeError(
                         f"engine exited with code {self._proc.returncode} while starting"
                     )
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{self.url}/health")).status_code == 200:
+                with contextlib.suppress(EngineError):
+                    if await client.health():
                         return
                 await asyncio.sleep(0.5)
         raise TimeoutError(f"engine not healthy within {self.config.start_timeout_s:.0f} s")

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from server.backends.engine_client import EngineClient
 from server.errors import APIError
 from server.limits import StreamSlot
 from server.metrics.registry import Metrics
@@ -74,6 +75,8 @@ class Retryable(Exception):
 
 
 class Lease:
+    """See the module's docstring; made by Backend.lease()."""
+
     def __init__(
         self,
         backend: Backend,
@@ -99,7 +102,7 @@ class Lease:
         self.finished = False
 
     @property
-    def client(self):
+    def client(self) -> EngineClient:
         return self.backend.client
 
     async def __aenter__(self) -> Lease:
