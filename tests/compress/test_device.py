@@ -140,11 +140,14 @@ def test_a_build_passes_the_device_it_picks_to_its_steps(tiny_base, store, monke
 
     monkeypatch.setattr(distill, "apply", spy_distill)
     monkeypatch.setattr(evaluate, "evaluate", spy_evaluate)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # Only compress's own choice sees "CUDA": a real build (loading, saving) under a torch that
+    # claims a GPU it does not have takes GPU paths in transformers and accelerate (NaN weights
+    # were seen), and their cached state outlives the test.
+    monkeypatch.setattr(device, "pick_device", lambda: "cuda")
     build(tiny_base, "distill", store, distill_seconds=1.0)
     assert seen == {"distill": ["cuda"], "evaluate": ["cuda"]}
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device, "pick_device", lambda: "cpu")
     seen = {"distill": [], "evaluate": []}
     build(tiny_base, "prune-0.25+distill", store, distill_seconds=1.0)
     assert seen == {"distill": ["cpu"], "evaluate": ["cpu"]}
