@@ -139,6 +139,14 @@ def is_admin(request: Request, state: AppState) -> bool:
     return bool(state.keys.admin and token and _matches(token, [state.keys.admin]))
 
 
+def sees_detail(request: Request, state: AppState) -> bool:
+    """Whether a read endpoint may show host paths and raw errors: to the admin key, or to
+    anyone on a gateway with no keys at all (it has no one to hide them from)."""
+    if not state.keys.api and not state.keys.admin:
+        return True
+    return is_admin(request, state)
+
+
 def has_api_key(request: Request, state: AppState) -> bool:
     """Whether the request carries an API key or the admin key."""
     token = _bearer(request)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.api_docs import ERROR_RESPONSES
-from server.auth import Admin, ApiKey, RateLimited, is_admin
+from server.auth import Admin, ApiKey, RateLimited, sees_detail
 from server.state import State
 
 router = APIRouter(prefix="/v1", tags=["variants"], responses=ERROR_RESPONSES)
@@ -33,14 +33,14 @@ async def list_variants(request: Request, state: State) -> dict:
             "card": None,
         }
     ]
-    detail = is_admin(request, state)  # paths on this host and raw build errors: admin only
+    detail = sees_detail(request, state)  # host paths, raw build errors: admin only
     data += [state.variants.view(v, detail) for v in state.variants.variants.values()]
     return {"object": "list", "data": data}
 
 
 @router.get("/variants/{vid}", dependencies=[ApiKey])
 async def get_variant(vid: str, request: Request, state: State) -> dict:
-    return state.variants.view(state.variants.get(vid), is_admin(request, state))
+    return state.variants.view(state.variants.get(vid), sees_detail(request, state))
 
 
 @router.post("/variants", dependencies=[Admin, RateLimited], status_code=202)

@@ -70,6 +70,14 @@ def test_variant_paths_and_errors_are_admin_only(tmp_path):
         assert shown["state"] == "failed" and shown["error"] and shown["path"] is None
 
 
+def test_an_open_gateway_shows_why_a_build_failed(tmp_path):
+    # No keys at all (make serve): there is no one to hide the reason from.
+    with make_client(tmp_path) as client:
+        _failed_variant(client)
+        shown = client.get("/v1/variants/w8a8").json()
+        assert "/srv/secret" in shown["error"] and shown["path"]
+
+
 # -- item 11: recipe names from the API ---------------------------------------------------------
 
 
