@@ -24,6 +24,14 @@ def make_client(tmp_path, **overrides) -> TestClient:
     return TestClient(create_app(settings))
 
 
+def keyed_client(tmp_path, **overrides) -> TestClient:
+    """A gateway with the API key k-1 (from a file) and the admin key admin-secret."""
+    keys = tmp_path / "keys"
+    keys.write_text("k-1\n")
+    auth = {"api_keys_file": str(keys), "admin_key": "admin-secret"}
+    return make_client(tmp_path, auth=auth, **overrides)
+
+
 @pytest.fixture
 def keyed(tmp_path):
     keys = tmp_path / "keys"

@@ -6,18 +6,11 @@ from __future__ import annotations
 import pytest
 
 from server.variants.service import Variant
-from tests.server.test_auth_limits import make_client
+from tests.server.test_auth_limits import keyed_client, make_client
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 USER = {"Authorization": "Bearer k-1"}
 DOCS = ("/docs", "/redoc", "/openapi.json")
-
-
-def keyed_client(tmp_path, **overrides):
-    keys = tmp_path / "keys"
-    keys.write_text("k-1\n")
-    auth = {"api_keys_file": str(keys), "admin_key": "admin-secret"}
-    return make_client(tmp_path, auth=auth, **overrides)
 
 
 # -- item 14: docs and variant details ----------------------------------------------------------

@@ -11,16 +11,9 @@ from server.errors import APIError
 from server.inference.protocol import ChatCompletionRequest, CompletionRequest
 from server.inference.service import engine_body
 from server.limits import RateLimiter
-from tests.server.test_auth_limits import BASE, CHAT, make_client
+from tests.server.test_auth_limits import BASE, CHAT, keyed_client, make_client
 
 CHAT_PATH = "/v1/chat/completions"
-
-
-def keyed_client(tmp_path, **overrides):
-    keys = tmp_path / "keys"
-    keys.write_text("k-1\n")
-    auth = {"api_keys_file": str(keys), "admin_key": "admin-secret"}
-    return make_client(tmp_path, auth=auth, **overrides)
 
 
 # -- item 1: the rate limit ---------------------------------------------------------------------

@@ -8,8 +8,6 @@ import asyncio
 import logging
 import random
 
-import pytest
-
 from server.settings import ExperimentSettings
 from tests.server.experiments.helpers import BASE, W8A8, outcome, replica
 
@@ -36,20 +34,8 @@ def _rows(arm: str, variant: str, n: int, error_rate: float, seed: int = 0) -> l
     ]
 
 
-@pytest.fixture
-async def pair(tmp_path):
-    a, b = replica(tmp_path / "shared.db"), replica(tmp_path / "shared.db")
-    await a.start()
-    await b.start()
-    try:
-        yield a, b
-    finally:
-        await a.stop()
-        await b.stop()
-
-
-async def test_an_arm_with_more_errors_is_stopped_everywhere(pair, caplog):
-    a, b = pair
+async def test_an_arm_with_more_errors_is_stopped_everywhere(replicas, caplog):
+    a, b = replicas
     await a.create(_settings({"metric": "error_rate", "margin": 0.05}))
     await b.refresh()
     a.store._insert(_rows(BASE, BASE, 200, 0.0) + _rows(W8A8, W8A8, 200, 0.4, seed=1))
@@ -90,10 +76,10 @@ async def test_an_arm_with_more_errors_is_stopped_everywhere(pair, caplog):
     assert view["arms"][1]["guardrail"]["stopped"] is True
 
 
-async def test_fallbacks_count_as_the_arms_failures(pair):
+async def test_fallbacks_count_as_the_arms_failures(replicas):
     """The arm's variant failed before its first token and the control's variant answered: the
     user got an answer, but the arm did not serve it."""
-    a, _ = pair
+    a, _ = replicas
     await a.create(_settings({"metric": "error_rate", "margin": 0.05}))
     fallbacks = [outcome("ab", W8A8, BASE) for _ in range(60)]
     a.store._insert(_rows(BASE, BASE, 200, 0.0) + fallbacks)
@@ -101,8 +87,8 @@ async def test_fallbacks_count_as_the_arms_failures(pair):
     assert W8A8 in a.get("ab").arm_stops
 
 
-async def test_an_arm_no_worse_is_not_stopped(pair):
-    a, _ = pair
+async def test_an_arm_no_worse_is_not_stopped(replicas):
+    a, _ = replicas
     await a.create(
         _settings({"metric": "error_rate", "margin": 0.05}, {"metric": "latency", "margin": 0.1})
     )
@@ -112,8 +98,8 @@ async def test_an_arm_no_worse_is_not_stopped(pair):
     assert a.get("ab").version == 1
 
 
-async def test_only_the_breaching_arm_stops(pair):
-    a, _ = pair
+async def test_only_the_breaching_arm_stops(replicas):
+    a, _ = replicas
     await a.create(_settings({"metric": "error_rate", "margin": 0.05}, arms=(BASE, W8A8, W4)))
     a.store._insert(
         _rows(BASE, BASE, 200, 0.0) + _rows(W8A8, W8A8, 200, 0.0) + _rows(W4, W4, 200, 0.5)
@@ -125,8 +111,8 @@ async def test_only_the_breaching_arm_stops(pair):
     assert a.get("ab").state_reason is None
 
 
-async def test_paused_experiments_are_not_checked(pair):
-    a, _ = pair
+async def test_paused_experiments_are_not_checked(replicas):
+    a, _ = replicas
     await a.create(_settings({"metric": "error_rate", "margin": 0.05}))
     await a.set_state("ab", "pause")
     a.store._insert(_rows(BASE, BASE, 200, 0.0) + _rows(W8A8, W8A8, 200, 0.5))

@@ -46,18 +46,6 @@ def test_definition_round_trip(tmp_path):
     assert store.get("nope") is None
 
 
-@pytest.fixture
-async def replicas(tmp_path):
-    a, b = replica(tmp_path / "shared.db"), replica(tmp_path / "shared.db")
-    await a.start()
-    await b.start()
-    try:
-        yield a, b
-    finally:
-        await a.stop()
-        await b.stop()
-
-
 async def test_created_on_one_replica_seen_by_the_other(replicas):
     a, b = replicas
     created = await a.create(AB)
