@@ -85,6 +85,25 @@ class DataInfo(_Part):
     eval: DataFile = Field(default_factory=DataFile)
 
 
+class ChatQuality(_Part):
+    """`quality.chat`: agreement with the base on chat answers, the card's headline figure.
+
+    The base answers each prompt of the shipped chat prompt set greedily; the variant reads
+    those answers teacher-forced (compress/chat_agreement.py). The router's quality is
+    `top1_agreement` here when present (the base is 1.0).
+    """
+
+    split: str | None = None  # "validation" or "test": which half of the prompt set
+    prompts: int | None = None
+    answer_tokens: int | None = None  # scored positions, all answers together
+    max_new_tokens: int | None = None  # length cap of the base's greedy answers
+    top1_agreement: float | None = None  # variant argmax == the base's answer token
+    kl_to_base: float | None = None  # KL(base || variant), mean nats per answer token
+    exact_match_tokens: int | None = None  # N in exact_match
+    exact_match: float | None = None  # share of prompts whose own greedy first N tokens match
+    ci95: dict[str, list[float]] = Field(default_factory=dict)  # bootstrap over prompts
+
+
 class Quality(_Part):
     """Measured in transformers on held-out text, variant and base on the same windows."""
 
@@ -97,6 +116,12 @@ class Quality(_Part):
     tokens: int | None = None  # scored positions
     passages: int | None = None  # last-word passages
     perplexity_change: float | None = None  # perplexity / base_perplexity - 1
+    split: str | None = None  # "validation" or "test": which half of the held-out text
+    windows: int | None = None  # evaluation windows (tokens / window length)
+    # Bootstrap 95 % intervals over windows, [low, high], for perplexity, perplexity_change,
+    # kl_to_base and top1_agreement (variant and base resampled together: paired).
+    ci95: dict[str, list[float]] = Field(default_factory=dict)
+    chat: ChatQuality = Field(default_factory=ChatQuality)
 
 
 class Size(_Part):
