@@ -11,6 +11,7 @@ round, at 32 streams and at 1 stream (128 tokens, ignore_eos); per streams: each
 tokens/s, the ratio of medians, and the mean of per-round ratios with its 95 % interval.
 
     .venv/bin/python bench/base_vs_vllm.py [--rounds 6] [--variants w8a8 w4a16]
+        [--build-args '["--calibration-samples", "8"]'] [--no-build-speed]
         [--out bench/results/base_vs_vllm.json]
 
 Starts engines: run it alone (flock /tmp/leanserve-engine.lock ...). The variants, when
@@ -166,6 +167,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--streams", type=int, nargs="+", default=[32, 1], choices=list(STREAMS))
     parser.add_argument("--variants", nargs="*", default=[], help="declared in leanserve's arm")
+    parser.add_argument(
+        "--build-args", default="[]", help="JSON list for LEANSERVE_BUILD_ARGS (declared variants)"
+    )
+    parser.add_argument("--no-build-speed", action="store_true", help="builds skip vLLM speed")
     parser.add_argument("--kv-cache-gib", type=float, default=1.0, help="both arms")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/base_vs_vllm.json")
     args = parser.parse_args()
@@ -177,7 +182,10 @@ def main() -> int:
         "LEANSERVE_ENGINE__ENFORCE_EAGER": "false",  # leanserve's default (the tests' is eager)
         "LEANSERVE_ENGINE__KV_CACHE_GIB": f"{args.kv_cache_gib:g}",
         "VLLM_CACHE_ROOT": str(work / "leanserve-cache"),  # cold: an empty compile cache
+        "LEANSERVE_BUILD_ARGS": args.build_args,
     }
+    if args.no_build_speed:
+        env["LEANSERVE_BUILD_SPEED"] = "false"
     result: dict = {
         "rounds": args.rounds, "max_tokens": MAX_TOKENS, "variants": args.variants,
         "kv_cache_gib": args.kv_cache_gib, "cpus": sorted(os.sched_getaffinity(0)),

@@ -2,7 +2,9 @@
 
 Prunes the default model by 25 % (8 of 30 layers by block influence or angular distance), then
 distills for a few minutes with each setting and reports perplexity and KL against the base on
-6 held-out windows, before and after. Uses compress's own functions; nothing is written.
+6 windows of the held-out text's validation split, before and after: settings are chosen on
+validation, never on the test split that cards report (compress/texts.py). Uses compress's own
+functions; nothing is written.
 
     .venv-compress/bin/python bench/distill_sweep.py scores      # layer choice, no healing
     .venv-compress/bin/python bench/distill_sweep.py \
@@ -33,7 +35,7 @@ cal_ids = texts.token_ids(tok, texts.read_text(texts.CALIBRATION_TEXT))
 
 
 def ppl(model, n=6):
-    q = evaluate.evaluate(model, base, tok, held, max_windows=n, max_passages=0)
+    q = evaluate.evaluate(model, base, tok, held, max_windows=n, max_passages=0, split="validation")
     return round(q.perplexity / q.base_perplexity - 1, 4), round(q.kl_to_base, 4)
 
 

@@ -174,7 +174,7 @@ def compress_part(dry_run: bool, seconds: float) -> dict:
     t = time.monotonic()
     quality = evaluate.evaluate(
         student, teacher, tokenizer, read_text(HELDOUT_TEXT), seq_len=256, max_windows=16,
-        max_passages=20, device=device,
+        max_passages=20, device=device, split="validation",
     )  # fmt: skip
     out = {
         "device": device,

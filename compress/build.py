@@ -10,10 +10,10 @@ import os
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from compress import card, checkpoint, schema, store, texts
+from compress import card, chat_prompts, checkpoint, schema, store, texts
 from compress.context import BuildContext
 from compress.errors import CompressError
 from compress.progress import Progress
@@ -47,8 +47,9 @@ class BuildOptions:
     calibration_samples: int | None = None
     distill_seconds: float | None = None
     distill_tokens: int | None = None
-    eval_windows: int = 48
-    eval_passages: int = 100
+    eval_windows: int | None = None  # None: every window of the split
+    eval_passages: int | None = None  # None: every last-word passage of the split
+    eval_split: str = "test"  # "validation" when choosing recipes or settings (texts.py)
     speed: bool = False
     # Compare quality, size and speed against this model instead of --base (e.g. quantize a
     # stored pruned+distilled variant and still judge it against the original model).
@@ -56,6 +57,7 @@ class BuildOptions:
     vllm_python: str | None = None
     seed: int = 0
     device: str | None = None  # "cpu", "cuda"; None or "auto": CUDA where torch sees a GPU
+    chat: chat_prompts.ChatOptions = field(default_factory=chat_prompts.ChatOptions)
 
 
 @dataclass
@@ -78,8 +80,8 @@ def plan(options: BuildOptions) -> Plan:
     recipe = with_budget(
         recipe, options.calibration_samples, options.distill_seconds, options.distill_tokens
     ).check(shape)
-    for path in (options.calibration_file, options.eval_file):
-        texts.read_text(path)
+    texts.read_text(options.calibration_file)
+    texts.read_split(options.eval_file, options.eval_split)
     if options.speed:
         python = options.vllm_python
         if not python or not Path(python).exists():
@@ -87,6 +89,7 @@ def plan(options: BuildOptions) -> Plan:
                 f"--speed needs the vLLM environment's python (got {python!r}); "
                 "pass --vllm-python or set LEANSERVE_VLLM_PYTHON"
             )
+    options.chat.selection()  # the chat prompt file, split and cap, before any weights load
     if options.store.exists() and not options.store.is_dir():
         raise CompressError(f"store {options.store} exists and is not a directory")
     fp = checkpoint.fingerprint(options.base)
@@ -95,12 +98,12 @@ def plan(options: BuildOptions) -> Plan:
     return Plan(options, recipe, fp, digest, variant, store.variant_dir(options.store, fp, digest))
 
 
-def stage_names(recipe: Recipe, speed: bool) -> list[str]:
+def stage_names(recipe: Recipe, speed: bool, chat: bool = False) -> list[str]:
     steps = []
     for i, step in enumerate(recipe.steps):
         name = step.kind if step.kind not in steps else f"{step.kind}-{i + 1}"
         steps.append(name)
-    return ["load", *steps, "save", "evaluate"] + (["speed"] if speed else [])
+    return ["load", *steps, "save", "evaluate"] + ["chat"] * chat + ["speed"] * speed
 
 
 def vllm_version(python: str) -> str | None:
@@ -139,7 +142,7 @@ def run(p: Plan, progress: Progress) -> tuple[schema.Card, bool]:
     if store.is_complete(p.path):
         return store.read_card(p.path), True
     store.clean_stale(options.store)
-    stages = stage_names(p.recipe, options.speed)
+    stages = stage_names(p.recipe, options.speed, options.chat.prompts != 0)
     progress.plan(stages)
     progress.emit(
         schema.StartEvent(
@@ -216,12 +219,24 @@ def run(p: Plan, progress: Progress) -> tuple[schema.Card, bool]:
             max_windows=options.eval_windows,
             max_passages=options.eval_passages,
             progress=progress,
+            split=options.eval_split,
             device=device,
         )
         sample = _generate(variant_model, tokenizer)
-        del variant_model, base_model
         progress.finish_stage()
         timings["evaluate"] = time.monotonic() - t
+
+        t, chat = time.monotonic(), None
+        if options.chat.prompts != 0:  # the base answers chat prompts; the variant reads them
+            from compress.chat_agreement import measure
+
+            ref_fp = p.base_fingerprint if ref == options.base else _fp(ref)
+            cache = options.store / p.base_fingerprint  # base answers, kept for its next builds
+            chat = measure(
+                variant_model, base_model, tokenizer, options.chat, cache, ref_fp, progress, device
+            )
+            timings["chat"] = time.monotonic() - t
+        del variant_model, base_model
 
         speed_card: dict = {"status": "skipped: run with --speed to measure in vLLM"}
         serving: dict = {"vllm_cpu": "not checked"}
@@ -262,6 +277,7 @@ def run(p: Plan, progress: Progress) -> tuple[schema.Card, bool]:
             quality=schema.Quality(
                 **quality.as_dict(),
                 perplexity_change=round(quality.perplexity / quality.base_perplexity - 1, 6),
+                chat=chat,  # None (--chat-prompts 0): no chat section
             ),
             size=schema.Size(
                 bytes=size,

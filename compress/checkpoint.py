@@ -11,11 +11,13 @@ from compress.errors import CompressError
 
 # Decoder-only models whose blocks live in `model.model.layers` and that llm-compressor's
 # SmoothQuant/AWQ mappings and vLLM both know. Others are refused up front, before any work.
+# Gemma 3 (text only) with SmoothQuant pairs of its own (quantize.SMOOTHQUANT_MAPPINGS).
 SUPPORTED_ARCHITECTURES = (
     "LlamaForCausalLM",
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
+    "Gemma3ForCausalLM",
 )
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 

@@ -16,7 +16,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from compress import texts
+from compress import chat_prompts, texts
 from compress.errors import CompressError
 
 
@@ -40,8 +40,34 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--calibration-samples", type=int, help="override every step's sample count")
     b.add_argument("--distill-seconds", type=float, help="override the distillation time budget")
     b.add_argument("--distill-tokens", type=int, help="override the distillation token budget")
-    b.add_argument("--eval-windows", type=int, default=48, help="512-token held-out windows")
-    b.add_argument("--eval-passages", type=int, default=100, help="last-word task passages")
+    b.add_argument(
+        "--eval-split",
+        choices=texts.SPLITS,
+        default="test",
+        help="half of the eval text to measure on: test for cards, validation to choose settings",
+    )
+    b.add_argument(
+        "--eval-windows",
+        type=int,
+        help="512-token windows of the split (default: all; the shipped text's test split has 29)",
+    )
+    b.add_argument(
+        "--eval-passages",
+        type=int,
+        help="last-word passages of the split (default: all; the shipped test split has 50)",
+    )
+    b.add_argument(
+        "--chat-prompts",
+        type=int,
+        help="chat agreement prompts (default: the whole split, 146 in the test half; 0: skip)",
+    )
+    b.add_argument("--chat-max-tokens", type=int, default=64, help="base answer length cap")
+    b.add_argument(
+        "--chat-split",
+        choices=chat_prompts.SPLITS,
+        default="test",
+        help="half of the chat prompt set: test for cards, validation to choose settings",
+    )
     b.add_argument("--speed", action="store_true", help="measure base and variant in vLLM")
     b.add_argument("--reference", type=Path, help="compare against this model, not --base")
     b.add_argument("--vllm-python", default=default_vllm_python(), help="python of the vLLM venv")
@@ -90,11 +116,15 @@ def build(args: argparse.Namespace) -> int:
                 distill_tokens=args.distill_tokens,
                 eval_windows=args.eval_windows,
                 eval_passages=args.eval_passages,
+                eval_split=args.eval_split,
                 speed=args.speed,
                 reference=args.reference,
                 vllm_python=args.vllm_python,
                 seed=args.seed,
                 device=args.device,
+                chat=chat_prompts.ChatOptions(
+                    args.chat_prompts, args.chat_max_tokens, args.chat_split
+                ),
             )
         )
         card, skipped = run(p, progress)
@@ -119,6 +149,13 @@ def build(args: argparse.Namespace) -> int:
     progress.close_bar()
     verb = "already in the store" if skipped else "built"
     print(f"{card.variant} {verb}: {p.path}", file=sys.stderr)
+    if skipped and card.quality.split != args.eval_split:
+        # The store keeps one card per variant: evaluation options do not name a new one.
+        print(
+            f"note: its card was measured on the {card.quality.split or 'whole'} eval text, "
+            f"not the {args.eval_split} split",
+            file=sys.stderr,
+        )
     progress.emit(DoneEvent(variant=card.variant, path=str(p.path), card=card, skipped=skipped))
     return 0
 

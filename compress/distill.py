@@ -86,6 +86,35 @@ def trainable_parameters(model, train_embeddings: bool) -> list[nn.Parameter]:
     return params
 
 
+# Logit elements one forward pass may hold: a few float32 copies of them live at once in the
+# loss. SmolLM2's 49k vocabulary fits a whole batch (8 x 256 x 49,152 = 101M); Gemma 3's 262k
+# does not (537M, over 2 GiB per copy), so its batches run in parts.
+MAX_LOGIT_ELEMENTS = 2**27
+
+
+def micro_batch_size(batch_size: int, seq_len: int, vocab_size: int) -> int:
+    """Sequences per forward pass: the whole batch where its logits fit MAX_LOGIT_ELEMENTS."""
+    return max(1, min(batch_size, MAX_LOGIT_ELEMENTS // (seq_len * vocab_size)))
+
+
+def accumulate_gradients(student, teacher, batch, step, micro_batch: int, device: str) -> float:
+    """The batch's loss, its gradient added to the student's, `micro_batch` sequences at a
+    time: each part's mean loss weighted by its share of the batch sums to the batch's mean."""
+    total = 0.0
+    for part in batch.split(micro_batch):
+        # bf16 autocast on the device computing (CPUs with AVX512-BF16, GPUs); logits are
+        # upcast inside the loss.
+        with torch.autocast(autocast_type(device), dtype=torch.bfloat16):
+            with torch.no_grad():
+                teacher_logits = teacher(part, use_cache=False).logits
+            student_logits = student(part, use_cache=False).logits
+        loss = distill_loss(student_logits, teacher_logits, part, step) * (len(part) / len(batch))
+        loss.backward()
+        total += loss.item()
+        del teacher_logits, student_logits, loss
+    return total
+
+
 def batches(windows: list[list[int]], batch_size: int, seed: int):
     """Endless shuffled batches: each epoch a new order."""
     rng = random.Random(seed)
@@ -105,7 +134,7 @@ def apply(step: DistillStep, student, tokenizer, ctx: BuildContext, device: str 
     there is a GPU); the student comes back in host memory."""
     device = device or ctx.device or pick_device()
     ids = texts.token_ids(tokenizer, texts.read_text(ctx.calibration_file))
-    windows = texts.windows(ids, step.seq_len)
+    windows = texts.prefixed_windows(tokenizer, ids, step.seq_len)
     if len(windows) < step.batch_size:
         raise ValueError(f"calibration text gives {len(windows)} windows, fewer than a batch")
     teacher = ctx.load_base().to(device)
@@ -115,6 +144,9 @@ def apply(step: DistillStep, student, tokenizer, ctx: BuildContext, device: str 
     params = trainable_parameters(student, step.train_embeddings)
     optimizer = torch.optim.AdamW(params, lr=step.lr, weight_decay=0.0, betas=(0.9, 0.95))
 
+    micro_batch = micro_batch_size(step.batch_size, step.seq_len, student.config.vocab_size)
+    if micro_batch < step.batch_size:
+        ctx.progress.log(f"distill: batches of {step.batch_size} in parts of {micro_batch}")
     student.train()
     start = time.monotonic()
     tokens = 0
@@ -127,19 +159,12 @@ def apply(step: DistillStep, student, tokenizer, ctx: BuildContext, device: str 
         batch = next(stream).to(device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step.lr, n_step, step.warmup_steps, spent)
-        # bf16 autocast on the device computing (CPUs with AVX512-BF16, GPUs); logits are
-        # upcast inside the loss.
-        with torch.autocast(autocast_type(str(device)), dtype=torch.bfloat16):
-            with torch.no_grad():
-                teacher_logits = teacher(batch, use_cache=False).logits
-            student_logits = student(batch, use_cache=False).logits
-        loss = distill_loss(student_logits, teacher_logits, batch, step)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = accumulate_gradients(student, teacher, batch, step, micro_batch, str(device))
         nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         tokens += batch.numel()
-        losses.append(loss.item())
+        losses.append(loss)
         ctx.progress.update(100 * spent, detail={"step": n_step, "loss": round(losses[-1], 4)})
 
     student.eval()

@@ -47,14 +47,32 @@ def config_groups(step: QuantizeStep) -> dict | None:
     return groups
 
 
-def modifiers(step: QuantizeStep) -> list:
+# SmoothQuant's (balance layers, smooth layer) pairs where llm-compressor's own are wrong.
+# llm-compressor 0.14 gives Gemma3ForCausalLM the Llama pairs, which smooth gate/up_proj
+# against post_attention_layernorm; in Gemma 3 that norm scales the attention output on its
+# way to the residual, and gate/up read pre_feedforward_layernorm. Smoothing the wrong norm
+# changes what the model computes (on a random Gemma 3 the logits moved by more than their
+# own size; with these pairs by 2e-6: tests/compress/test_second_family.py).
+SMOOTHQUANT_MAPPINGS: dict[str, list] = {
+    "Gemma3ForCausalLM": [
+        [["re:.*q_proj$", "re:.*k_proj$", "re:.*v_proj$"], "re:.*input_layernorm$"],
+        [["re:.*gate_proj$", "re:.*up_proj$"], "re:.*pre_feedforward_layernorm$"],
+    ],
+}
+
+
+def modifiers(step: QuantizeStep, architecture: str | None = None) -> list:
+    """llm-compressor modifiers for `step`; `architecture` (the model's class name) picks
+    SmoothQuant pairs where llm-compressor's own are wrong (SMOOTHQUANT_MAPPINGS)."""
     from llmcompressor.modifiers.gptq import GPTQModifier
     from llmcompressor.modifiers.quantization import QuantizationModifier
     from llmcompressor.modifiers.transform import AWQModifier, SmoothQuantModifier
 
     out: list = []
     if step.smoothing_strength is not None:
-        out.append(SmoothQuantModifier(smoothing_strength=step.smoothing_strength))
+        pairs = SMOOTHQUANT_MAPPINGS.get(architecture or "")
+        extra = {"mappings": pairs} if pairs else {}
+        out.append(SmoothQuantModifier(smoothing_strength=step.smoothing_strength, **extra))
     if step.awq:
         out.append(AWQModifier())
     groups = config_groups(step)
@@ -113,7 +131,7 @@ def apply(step: QuantizeStep, model, tokenizer, ctx: BuildContext, device: str |
     ctx.progress.log(f"quantize: {step.tag()} with llm-compressor ({step.algorithm}) on {device}")
     ctx.notes.setdefault("quantize_device", device)
     with ctx.layer_progress(model), _no_pinned_memory_without_accelerator():
-        model = oneshot(model=model, recipe=modifiers(step), **kwargs)
+        model = oneshot(model=model, recipe=modifiers(step, type(model).__name__), **kwargs)
     return model
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compress.schema import Card, ModelRef
+from compress.schema import Card, ChatQuality, ModelRef
 
 
 def pareto(points: list[tuple[float, float]], maximize_x: bool) -> list[int]:
@@ -24,12 +24,50 @@ def pareto(points: list[tuple[float, float]], maximize_x: bool) -> list[int]:
     return [i for i, p in enumerate(points) if not any(dominates(q, p) for q in points)]
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x * 100:+.1f} %"
-
-
 def _num(x: float | None, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
+
+
+def _ci(x: float | None, ci: list[float] | None, fmt: str, scale: float = 1, unit: str = "") -> str:
+    """A point estimate and its 95 % interval, e.g. "+1.6 % [+1.1, +2.2]"; cards written
+    before intervals existed show the point estimate alone."""
+    if x is None:
+        return "-"
+    text = f"{x * scale:{fmt}}{unit}"
+    if ci:
+        text += f" [{ci[0] * scale:{fmt}}, {ci[1] * scale:{fmt}}]"
+    return text
+
+
+def _splits(table: list[dict]) -> str:
+    """Which half of the eval text the rows were measured on (compress/texts.py)."""
+    seen = {
+        f"{r['split']} split ({r['windows']} windows)" if r["split"] else "whole eval text"
+        for r in table
+    }
+    return (
+        f"Quality measured on the {' and the '.join(sorted(seen))}; in brackets: bootstrap "
+        "95 % intervals over windows, variant and base resampled together."
+    )
+
+
+def _chat(chat: ChatQuality) -> str:
+    """Chat agreement cells: top-1 with its interval, then exact match (compress/chat_agreement)."""
+    top1 = _ci(chat.top1_agreement, chat.ci95.get("top1_agreement"), ".3f")
+    exact = _num(chat.exact_match, ".2f")
+    return f"{top1} | {exact}" + (f" @{chat.exact_match_tokens}" if exact != "-" else "")
+
+
+def _chat_note(table: list[dict]) -> str:
+    seen = {f"{c.prompts} {c.split} prompts" for r in table if (c := r["chat"]).prompts}
+    if not seen:
+        return "Chat agreement: not measured (built with --chat-prompts 0 or before it existed)."
+    return (
+        f"Chat agreement on the {' and '.join(sorted(seen))} of the chat prompt set: the share "
+        "of the base's greedy answer tokens that are the variant's top-1 too (teacher-forced; "
+        "95 % interval over prompts), and the share of prompts whose own greedy first N tokens "
+        "equal the base's (exact @N)."
+    )
 
 
 def rows(variants: list[tuple[Path, Card]]) -> list[dict]:
@@ -46,6 +84,10 @@ def rows(variants: list[tuple[Path, Card]]) -> list[dict]:
                 "kl": q.kl_to_base,
                 "top1": q.top1_agreement,
                 "last_word": q.last_word_accuracy,
+                "ci": q.ci95,
+                "split": q.split,
+                "windows": q.windows,
+                "chat": q.chat,
                 "mb": size.bytes / 1e6,
                 "size_ratio": size.size_ratio,
                 "tok_s_32": v32.tokens_per_s,
@@ -70,14 +112,22 @@ def markdown(table: list[dict]) -> str:
         f"{table[0]['base_last_word']:.2f}, {base.size_bytes / 1e6:.0f} MB, "
         f"{base.parameters / 1e6:.1f} M parameters.",
         "",
-        "| variant | ppl | ppl vs base | KL to base | top-1 agree | last word | MB | size vs base "
+        _splits(table),
+        "",
+        _chat_note(table),
+        "",
+        "| variant | ppl | ppl vs base | KL to base | top-1 agree | last word | chat top-1 "
+        "| chat exact | MB | size vs base "
         "| tok/s 32 streams | speed vs base | tok/s 1 stream | TTFT 1 stream (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(table, key=lambda r: r["kl"]):
         lines.append(
-            f"| {r['variant']} | {r['ppl']:.2f} | {_pct(r['ppl_change'])} | {r['kl']:.4f} "
-            f"| {r['top1']:.3f} | {r['last_word']:.2f} | {r['mb']:.0f} "
+            f"| {r['variant']} | {r['ppl']:.2f} "
+            f"| {_ci(r['ppl_change'], r['ci'].get('perplexity_change'), '+.1f', 100, ' %')} "
+            f"| {_ci(r['kl'], r['ci'].get('kl_to_base'), '.4f')} "
+            f"| {_ci(r['top1'], r['ci'].get('top1_agreement'), '.3f')} "
+            f"| {r['last_word']:.2f} | {_chat(r['chat'])} | {r['mb']:.0f} "
             f"| {r['size_ratio'] * 100:.0f} % | {_num(r['tok_s_32'], '.0f')} "
             f"| {_num(r['speedup_32'], '.2f')}x | {_num(r['tok_s_1'], '.1f')} "
             f"| {_num(r['ttft_1'], '.3f')} |"

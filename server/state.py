@@ -11,6 +11,7 @@ from server.backends.registry import Registry
 from server.experiments.service import Experiments
 from server.limits import RateLimiter
 from server.metrics.registry import Metrics
+from server.quality.shadow import Shadow
 from server.settings import Settings
 from server.variants.service import VariantManager
 
@@ -34,6 +35,7 @@ class AppState:
     open_streams: int = 0
     # Failed authentications, per client address (server/auth.py).
     auth_failures: RateLimiter = field(default_factory=lambda: RateLimiter(None))
+    shadow: Shadow | None = None  # live quality: scores a sample of answers once sent
 
 
 def get_state(request: Request) -> AppState:

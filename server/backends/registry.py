@@ -13,6 +13,7 @@ from server.backends.lease import Books, Lease, RequestInfo
 from server.backends.remote_engine import RemoteEngine
 from server.errors import model_not_found
 from server.limits import StreamSlot
+from server.quality.live import LiveQuality
 from server.routing.admission import ConcurrencyLimit
 from server.routing.breaker import Breaker
 from server.routing.live_stats import LiveStats
@@ -35,6 +36,7 @@ class Backend:
     breaker: Breaker = field(default_factory=Breaker)
     admission: ConcurrencyLimit = field(default_factory=ConcurrencyLimit)  # for the slo policy
     accepting: bool = True  # False while retiring: no new requests
+    live_quality: LiveQuality = field(default_factory=LiveQuality)  # against the base, live
 
     @property
     def ready(self) -> bool:

@@ -134,6 +134,8 @@ async def _serve(
         metrics.routing_decisions.labels(
             route.policy, backend.name, route.code if tried == 1 else "fallback"
         ).inc()
+        if state.shadow is not None:
+            state.shadow.follow(request, backend.name, response)  # scored after it is sent
         return response
     raise last_error or unavailable(f"No variant of '{request.model}' could serve the request.", 5)
 

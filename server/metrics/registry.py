@@ -125,6 +125,26 @@ class Metrics:
         self.variant_size = Gauge(
             "leanserve_variant_size_bytes", "Checkpoint size on disk.", ["variant"], registry=r
         )
+        self.live_quality = Gauge(
+            "leanserve_live_quality",
+            "A variant against the base on live traffic (a sample of answers read back by both, "
+            "after they were sent): top1_agreement, kl (nats per token), ci95_low, ci95_high.",
+            ["variant", "metric"],
+            registry=r,
+        )
+        self.live_quality_samples = Counter(
+            "leanserve_live_quality_samples",
+            "Requests scored for live quality, by the variant compared with the base.",
+            ["variant"],
+            registry=r,
+        )
+        self.live_quality_dropped = Counter(
+            "leanserve_live_quality_dropped",
+            "Sampled answers (or comparisons) not scored: queue_full, busy (no spare capacity "
+            "in time), failed, mismatch (no clean prompt/answer boundary), no_answer.",
+            ["reason"],
+            registry=r,
+        )
         self.experiment_assignments = Counter(
             "leanserve_experiment_assignments",
             "Requests assigned to an experiment arm.",

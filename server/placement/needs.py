@@ -80,8 +80,9 @@ def base_checkpoint(settings) -> Path | None:
     from server import basemodel
 
     model = settings.model
-    if model == basemodel.DEFAULT_MODEL:
-        return settings.home / "models" / basemodel.DEFAULT_NAME
+    packaged = basemodel.packaged_models.find(model)
+    if packaged is not None:
+        return settings.home / "models" / packaged.name
     path = Path(model).expanduser()
     if path.suffix == ".gguf":
         return settings.home / "models" / basemodel.public_name(path.stem)
@@ -93,8 +94,9 @@ def base_bytes(settings) -> int | None:
 
     path = base_checkpoint(settings)
     found = checkpoint_bytes(path) if path is not None else None
-    if found is None and settings.model == basemodel.DEFAULT_MODEL:
-        return DEFAULT_BASE_BYTES
+    packaged = basemodel.packaged_models.find(settings.model)
+    if found is None and packaged is not None:
+        return packaged.checkpoint_bytes  # its size once converted (docs/toolchain.md)
     return found
 
 

@@ -29,6 +29,7 @@ class BackendState:
     tpot_s: float  # predicted time per output token
     relative_cost: float = 1.0  # cost per token against the base's
     at_limit: bool = False  # as many requests in flight as its learned concurrency limit
+    quality_source: str = "card"  # where `quality` came from, for the route reason
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 `<base>` is routed: by a running experiment's sticky arm, else by the policy named in the
 request (header X-Leanserve-Policy or body field leanserve_policy), else the default policy.
-`<base>:<variant>` is pinned. Quality and cost come from the variants' cards, latency from live
-measurements.
+`<base>:<variant>` is pinned. Quality comes from the variants' cards, or from live scoring once
+it has enough samples (server/quality/); cost from the cards, latency from live measurements.
+Everything is read from memory: a route plan does no I/O.
 """
 
 from __future__ import annotations
@@ -38,11 +39,40 @@ class RoutePlan:
 
 
 def quality_of(backend: Backend) -> float:
-    """Top-1 agreement with the base on held-out text; the base itself is 1.0."""
+    """The card's headline quality: top-1 agreement with the base on chat answers when the card
+    has it, else on held-out text; the base itself is 1.0, a variant without either 0.0."""
     if backend.variant is None:
         return 1.0
-    value = (backend.card or NO_CARD).quality.top1_agreement
+    quality = (backend.card or NO_CARD).quality
+    value = quality.chat.top1_agreement
+    if value is None:
+        value = quality.top1_agreement
     return float(value) if value is not None else 0.0
+
+
+def routed_quality(backend: Backend, settings: Settings) -> tuple[float, str]:
+    """The quality routing uses, and where it came from: once a variant has
+    quality.live_min_samples scored live requests, the lower end of its live 95 % interval of
+    top-1 agreement (pessimistic, so a variant is not preferred on a lucky streak), else its
+    card's figure."""
+    if backend.variant is None:
+        return 1.0, "base"
+    live, wanted = backend.live_quality, settings.quality
+    if wanted.use_live and live.n >= wanted.live_min_samples:
+        interval = live.ci95()
+        if interval is not None:
+            return interval[0], f"live lower 95 % bound, n={live.n}"
+    return quality_of(backend), "card"
+
+
+def quality_note(states: list[BackendState]) -> str:
+    """What the route reason adds: each variant's quality as routing saw it, and its source."""
+    shown = [
+        f"{s.name.rsplit(':', 1)[-1]} {s.quality:.3f} ({s.quality_source})"
+        for s in states
+        if s.quality_source != "base"
+    ]
+    return f"; quality: {', '.join(shown)}" if shown else ""
 
 
 def speedup_of(backend: Backend) -> float:
@@ -78,14 +108,16 @@ def backend_state(backend: Backend, settings: Settings, base_tps: float | None) 
     usd_per_mtok_base = settings.cost.machine_usd_per_hour / ((base_tps or 1.0) * 3600) * 1e6
     prior_ttft, prior_tpot = prior_latency(backend)
     ttft, tpot = backend.stats.predict(prior_ttft, prior_tpot)
+    quality, source = routed_quality(backend, settings)
     return BackendState(
         name=backend.name,
-        quality=quality_of(backend),
+        quality=quality,
         cost_per_mtok=usd_per_mtok_base / speedup_of(backend),
         ttft_s=ttft,
         tpot_s=tpot,
         relative_cost=1.0 / speedup_of(backend),
         at_limit=not backend.admission.allows(backend.in_flight),
+        quality_source=source,
     )
 
 
@@ -192,4 +224,7 @@ def route(
                 arm_name,
                 skipped,
             )
-    return RoutePlan(ranked, name.value, decision.reason, decision.code, skipped=skipped)
+    reason = decision.reason
+    if name != PolicyName.LATENCY:  # the latency policy does not look at quality
+        reason += quality_note(states)
+    return RoutePlan(ranked, name.value, reason, decision.code, skipped=skipped)

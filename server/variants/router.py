@@ -7,7 +7,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server.api_docs import ERROR_RESPONSES
 from server.auth import Admin, ApiKey, RateLimited, sees_detail
-from server.state import State
+from server.state import AppState, State
+from server.variants.service import Variant
 
 router = APIRouter(prefix="/v1", tags=["variants"], responses=ERROR_RESPONSES)
 
@@ -31,16 +32,25 @@ async def list_variants(request: Request, state: State) -> dict:
             else str(base.engine.state if base else "absent"),
             "percent": 100.0,
             "card": None,
+            "live_quality": None,  # the base is what variants are measured against
         }
     ]
     detail = sees_detail(request, state)  # host paths, raw build errors: admin only
-    data += [state.variants.view(v, detail) for v in state.variants.variants.values()]
+    data += [_view(state, v, detail) for v in state.variants.variants.values()]
     return {"object": "list", "data": data}
 
 
 @router.get("/variants/{vid}", dependencies=[ApiKey])
 async def get_variant(vid: str, request: Request, state: State) -> dict:
-    return state.variants.view(state.variants.get(vid), sees_detail(request, state))
+    return _view(state, state.variants.get(vid), sees_detail(request, state))
+
+
+def _view(state: AppState, variant: Variant, detail: bool) -> dict:
+    """The variant as the manager shows it, and its quality against the base on live traffic
+    (server/quality/): null until it serves."""
+    backend = state.registry.backends.get(variant.name)
+    live = backend.live_quality.view() if backend is not None else None
+    return {**state.variants.view(variant, detail), "live_quality": live}
 
 
 @router.post("/variants", dependencies=[Admin, RateLimited], status_code=202)

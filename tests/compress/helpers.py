@@ -8,6 +8,7 @@ from pathlib import Path
 
 from compress import store as store_mod
 from compress.build import BuildOptions, plan, run
+from compress.chat_prompts import ChatOptions
 from compress.progress import Progress
 from compress.schema import SCHEMA_VERSION, Card, ModelRef, Quality, Size
 
@@ -20,6 +21,7 @@ def build(base: Path, recipe: str, store: Path, **options) -> tuple[dict, Path, 
         "distill_seconds": 2.0,
         "eval_windows": 2,
         "eval_passages": 3,
+        "chat": ChatOptions(prompts=3, max_tokens=6, exact_match_tokens=4),
     }
     p = plan(BuildOptions(base=base, recipe=recipe, store=store, **{**defaults, **options}))
     out = io.StringIO()

@@ -77,7 +77,7 @@ def test_progress_json_contract(tiny_base, store):
     out = run_cli(
         "build", "--base", str(tiny_base), "--recipe", "w4a16", "--store", str(store),
         "--calibration-samples", "4", "--eval-windows", "2", "--eval-passages", "2",
-        "--progress-json", "--no-bars",
+        "--chat-prompts", "3", "--chat-max-tokens", "6", "--progress-json", "--no-bars",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     events = json_lines(out.stdout)  # every stdout line is JSON
@@ -87,7 +87,7 @@ def test_progress_json_contract(tiny_base, store):
     assert any(isinstance(p, ProgressEvent) for p in parsed)
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done"
-    assert events[0]["stages"] == ["load", "quantize", "save", "evaluate"]
+    assert events[0]["stages"] == ["load", "quantize", "save", "evaluate", "chat"]
     progress = [e for e in events if e["event"] == "progress"]
     assert progress and all(0 <= e["percent"] <= 100 for e in progress)
     assert all(set(e) >= {"stage", "percent", "eta_s", "overall_percent"} for e in progress)
@@ -100,6 +100,7 @@ def test_progress_json_contract(tiny_base, store):
     assert json.loads((Path(done["path"]) / store_mod.CARD).read_text()) == card
     for key in ("perplexity", "kl_to_base", "top1_agreement", "last_word_accuracy"):
         assert isinstance(card["quality"][key], float)
+    assert card["quality"]["split"] == "test" and card["quality"]["windows"] == 2
     assert card["size"]["bytes"] > 0 and card["size"]["parameters"] > 0
     assert card["speed"]["status"].startswith("skipped")
     assert {"llmcompressor", "transformers", "torch"} <= set(card["versions"])

@@ -15,7 +15,7 @@ import contextlib
 import pytest
 import torch
 
-from compress import checkpoint, device, distill, evaluate, prune, quantize
+from compress import chat_agreement, checkpoint, device, distill, evaluate, prune, quantize
 from compress.context import BuildContext
 from compress.errors import CompressError
 from compress.progress import Progress
@@ -131,8 +131,9 @@ def test_a_cpu_quantization_refuses_a_gpu_llm_compressor_would_use(tiny_base, mo
 
 
 def test_a_build_passes_the_device_it_picks_to_its_steps(tiny_base, store, monkeypatch):
-    seen: dict[str, list] = {"distill": [], "evaluate": []}
+    seen: dict[str, list] = {"distill": [], "evaluate": [], "chat": []}
     real_distill, real_evaluate = distill.apply, evaluate.evaluate
+    real_chat = chat_agreement.measure
 
     def spy_distill(step, model, tokenizer, ctx, device=None):
         seen["distill"].append(ctx.device)
@@ -142,16 +143,21 @@ def test_a_build_passes_the_device_it_picks_to_its_steps(tiny_base, store, monke
         seen["evaluate"].append(kwargs["device"])
         return real_evaluate(*args, **{**kwargs, "device": "cpu"})
 
+    def spy_chat(*args):  # measure(variant, base, tokenizer, options, cache, ref, progress, device)
+        seen["chat"].append(args[7])
+        return real_chat(*args[:7], "cpu")
+
     monkeypatch.setattr(distill, "apply", spy_distill)
     monkeypatch.setattr(evaluate, "evaluate", spy_evaluate)
+    monkeypatch.setattr(chat_agreement, "measure", spy_chat)
     # Only compress's own choice sees "CUDA": a real build (loading, saving) under a torch that
     # claims a GPU it does not have takes GPU paths in transformers and accelerate (NaN weights
     # were seen), and their cached state outlives the test.
     monkeypatch.setattr(device, "pick_device", lambda: "cuda")
     build(tiny_base, "distill", store, distill_seconds=1.0)
-    assert seen == {"distill": ["cuda"], "evaluate": ["cuda"]}
+    assert seen == {"distill": ["cuda"], "evaluate": ["cuda"], "chat": ["cuda"]}
 
     monkeypatch.setattr(device, "pick_device", lambda: "cpu")
-    seen = {"distill": [], "evaluate": []}
+    seen = {"distill": [], "evaluate": [], "chat": []}
     build(tiny_base, "prune-0.25+distill", store, distill_seconds=1.0)
-    assert seen == {"distill": ["cpu"], "evaluate": ["cpu"]}
+    assert seen == {"distill": ["cpu"], "evaluate": ["cpu"], "chat": ["cpu"]}

@@ -81,5 +81,5 @@ def test_prune_distill_quantize_chain_builds(tiny_base, store):
     assert card["variant"] == "tiny-llama-prune0.25-distill-w8a8"
     assert card["notes"]["distill"]["steps"] >= 1
     stages = [e["stage"] for e in events if e["event"] == "stage"]
-    assert stages == ["load", "layer_prune", "distill", "quantize", "save", "evaluate"]
+    assert stages == ["load", "layer_prune", "distill", "quantize", "save", "evaluate", "chat"]
     assert (path / "recipe.yaml").read_text().count("kind:") == 3

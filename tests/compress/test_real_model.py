@@ -35,7 +35,7 @@ RECIPES = [
 # (bench/compress_targets.py measures that with full budgets).
 BUDGET = [
     "--calibration-samples", "8", "--distill-seconds", "20",
-    "--eval-windows", "2", "--eval-passages", "8",
+    "--eval-windows", "2", "--eval-passages", "8", "--chat-prompts", "8", "--chat-max-tokens", "16",
 ]  # fmt: skip
 SPEED_RECIPE = "w8a8"  # one build also measures speed in vLLM against the base
 
@@ -83,6 +83,10 @@ def test_builds_with_a_measured_card(variants, recipe):
     assert q["perplexity"] > 1 and q["base_perplexity"] > 1
     assert q["kl_to_base"] >= 0 and 0 <= q["top1_agreement"] <= 1
     assert 0 <= q["last_word_accuracy"] <= 1
+    assert q["split"] == "test" and q["windows"] == 2  # cards report the test split
+    for name, (low, high) in q["ci95"].items():
+        assert low <= q[name] <= high, name
+    assert set(q["ci95"]) == {"perplexity", "perplexity_change", "kl_to_base", "top1_agreement"}
     assert card["size"]["bytes"] > 0 and card["size"]["parameters"] > 0
     assert json.loads((Path(done["path"]) / "card.json").read_text()) == card
     if recipe.startswith("prune"):

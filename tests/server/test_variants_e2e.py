@@ -23,7 +23,10 @@ from tests.server.gateway import start_gateway
 pytestmark = pytest.mark.slow
 
 ADMIN = "test-admin-key"
-SMALL_BUILD = ["--calibration-samples", "8", "--eval-windows", "4", "--eval-passages", "20"]
+SMALL_BUILD = [
+    "--calibration-samples", "8", "--eval-windows", "4", "--eval-passages", "20",
+    "--chat-prompts", "8", "--chat-max-tokens", "16",
+]  # fmt: skip
 FLOOR = 0.8
 
 
