@@ -37,6 +37,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.base_vs_vllm import base_checkpoint  # noqa: E402
 from bench.loadgen import Round, cores_besides, paired_ratio, run_round  # noqa: E402
 from tests.server.gateway import REPO, start_engine, start_gateway, wait_health  # noqa: E402
 from tests.server.test_variants_e2e import SMALL_BUILD  # noqa: E402
@@ -83,12 +84,7 @@ def settle(url: str, timeout_s: float, quiet_s: float = 2.0) -> None:
 
 def ensure_w8a8(home: Path) -> None:
     """A small w8a8 in the store (compress finds it there when built before)."""
-    base = json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "server.basemodel", "--home", str(home)],
-            check=True, capture_output=True, text=True, cwd=REPO,
-        ).stdout.splitlines()[-1]
-    )["source"]  # fmt: skip
+    base = base_checkpoint(home)
     subprocess.run(
         [str(REPO / ".venv-compress/bin/python"), "-m", "compress", "build", "--base", base,
          "--recipe", "w8a8", "--store", str(home / "variants"), "--no-bars", *SMALL_BUILD],
