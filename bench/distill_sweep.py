@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compress import checkpoint, evaluate, prune, texts
+from compress.device import bf16_native
 from compress.distill import batches, kl_divergence, learning_rate
 
 BASE = Path(__file__).resolve().parents[1] / ".leanserve/models/smollm2-135m-instruct"
@@ -66,7 +67,7 @@ def run(metric, drop, lr, bs, seq, seconds, freeze_below=0, direction="forward",
         b = next(stream)
         for g in opt.param_groups:
             g["lr"] = learning_rate(lr, step, warm, spent)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_native("cpu")):
             with torch.no_grad():
                 tl = base(b, use_cache=False).logits
             sl = student(b, use_cache=False).logits

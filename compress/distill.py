@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from compress import texts
-from compress.device import autocast_type, pick_device
+from compress.device import autocast_type, bf16_native, pick_device
 
 if TYPE_CHECKING:
     from compress.context import BuildContext
@@ -101,10 +101,11 @@ def accumulate_gradients(student, teacher, batch, step, micro_batch: int, device
     """The batch's loss, its gradient added to the student's, `micro_batch` sequences at a
     time: each part's mean loss weighted by its share of the batch sums to the batch's mean."""
     total = 0.0
+    # bf16 autocast where the device computes bf16 in hardware (GPUs, CPUs with AVX512-BF16
+    # or AMX), float32 elsewhere; logits are upcast inside the loss.
+    bf16 = bf16_native(device)
     for part in batch.split(micro_batch):
-        # bf16 autocast on the device computing (CPUs with AVX512-BF16, GPUs); logits are
-        # upcast inside the loss.
-        with torch.autocast(autocast_type(device), dtype=torch.bfloat16):
+        with torch.autocast(autocast_type(device), dtype=torch.bfloat16, enabled=bf16):
             with torch.no_grad():
                 teacher_logits = teacher(part, use_cache=False).logits
             student_logits = student(part, use_cache=False).logits

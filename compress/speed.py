@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from compress.errors import CompressError
-from compress.vllm_command import free_port, vllm_command, vllm_environment
+from compress.vllm_command import cpu_dtype_flags, free_port, vllm_command, vllm_environment
 
 PROMPT = (
     "The Python language reference describes the syntax and core semantics of the "
@@ -84,9 +84,11 @@ def start_engine(
     port = free_port()
     config = json.loads((model_dir / "config.json").read_text())
     max_model_len = min(max_model_len, int(config.get("max_position_embeddings", max_model_len)))
+    # The dtype the gateway's CPU engines use on this machine (float32 where bf16 is emulated).
     cmd = vllm_command(
-        python, str(model_dir), name, port, max_model_len=max_model_len, enforce_eager=True
-    )
+        python, str(model_dir), name, port, max_model_len=max_model_len, enforce_eager=True,
+        flags=cpu_dtype_flags(),
+    )  # fmt: skip
     env = vllm_environment(os.environ, kv_cache_gib)
     # A card's speed figures are measured with this KV cache, whatever the environment says.
     env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)

@@ -9,8 +9,32 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 API_SERVER = "vllm.entrypoints.openai.api_server"
+
+# /proc/cpuinfo flags (x86) or Features (Arm) that mean bf16 arithmetic in hardware.
+BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+
+
+def detect_cpu_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPUs have bf16 instructions; True where cpuinfo cannot be read (the default
+    then stays vLLM's own)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return True
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return bool(BF16_FLAGS & set(value.split()))
+    return True
+
+
+def cpu_dtype_flags(bf16: bool | None = None) -> list[str]:
+    """--dtype float32 for a CPU engine on CPUs without bf16 instructions (vLLM CPU emulates
+    bf16 there: ~4x slower, docs/toolchain.md); nothing elsewhere (the checkpoint's dtype)."""
+    return [] if (detect_cpu_bf16() if bf16 is None else bf16) else ["--dtype", "float32"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

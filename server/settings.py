@@ -51,6 +51,12 @@ class EngineSettings(BaseModel):
         "~20 % slower on CPUs. Off (compiled, as plain vLLM), with vLLM's compile cache kept in "
         "<home>/compile-cache so a restart skips most of the compilation.",
     )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="vLLM's --dtype for CPU engines (on GPUs: extra_args). auto: the "
+        "checkpoint's, except on CPUs without bf16 instructions (no AVX512-BF16 or AMX), where "
+        "it is float32: vLLM CPU emulates bf16 there, ~4x slower (docs/toolchain.md).",
+    )
     start_timeout_s: float = Field(default=900, gt=0, description="Large models load for minutes.")
     extra_args: list[str] = Field(default_factory=list, description="More vLLM CLI arguments.")
     trust_remote_code: bool = Field(

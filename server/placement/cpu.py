@@ -22,6 +22,7 @@ Rules (README "Placement"):
 
 from __future__ import annotations
 
+from compress.vllm_command import cpu_dtype_flags
 from server.placement.machine import Machine, format_cpulist
 from server.placement.needs import GIB, ModelNeed
 from server.placement.plan import BuildPlacement, Placement, PlanError
@@ -88,9 +89,18 @@ def _spread_over_nodes(
     return placed
 
 
+def dtype_flags(machine: Machine, engine) -> tuple[str, ...]:
+    """vLLM's --dtype for CPU engines: the setting where given; for auto, float32 on CPUs that
+    only emulate bf16 (vLLM CPU 0.32 on an AVX2-only EPYC: 92 against 21 tokens/s at 32
+    streams for the default model, docs/toolchain.md), else the checkpoint's (no flag)."""
+    if engine.dtype != "auto":
+        return ("--dtype", engine.dtype)
+    return tuple(cpu_dtype_flags(machine.cpu_bf16))
+
+
 def _placement(
     need: ModelNeed, node: int, cores: list[Core], reserved: tuple[int, ...], engine,
-    shares: tuple[str, ...] = (), priority: int = 0,
+    shares: tuple[str, ...] = (), priority: int = 0, flags: tuple[str, ...] = (),
 ) -> Placement:  # fmt: skip
     cpus = _flat(cores)
     threads = tuple(core[0] for core in cores)
@@ -103,7 +113,7 @@ def _placement(
     return Placement(
         engine=need.name, role=need.role, device="cpu", cores=cpus, numa_node=node,
         threads=threads, affinity=affinity, shares_with=shares, priority=priority,
-        need_bytes=need_bytes, estimated=need.estimated, env=env,
+        need_bytes=need_bytes, estimated=need.estimated, env=env, flags=flags,
     )  # fmt: skip
 
 
@@ -159,6 +169,7 @@ def plan_cpus(
         )
 
     placed: dict[str, Placement] = {}
+    dtype = dtype_flags(machine, engine)
     by_node = _spread_over_nodes(pool, variants) if variants else {}
     pool_of = dict(pool)
     groups: list[tuple[ModelNeed, int, list[Core]]] = []
@@ -172,10 +183,12 @@ def plan_cpus(
         )
         if shared_with_base:
             mates = (base.name, *mates)
-        placed[need.name] = _placement(need, node, cores, reserved, engine, mates, variant_nice)
+        placed[need.name] = _placement(
+            need, node, cores, reserved, engine, mates, variant_nice, dtype
+        )
     base_mates = tuple(v.name for v in variants) if shared_with_base else ()
     base_placement = _placement(base, base_node, base_cores, reserved, engine, base_mates,
-                                engine.nice)  # fmt: skip
+                                engine.nice, dtype)  # fmt: skip
     engines = {base.name: base_placement, **{v.name: placed[v.name] for v in variants}}
     if shared_with_base:
         notes.append(

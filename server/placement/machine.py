@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compress.vllm_command import detect_cpu_bf16
+
 SYS_NODES = Path("/sys/devices/system/node")
 SYS_CPUS = Path("/sys/devices/system/cpu")
 
@@ -35,6 +37,9 @@ class Machine:
     memory_bytes: int | None = None  # RAM
     # Logical CPU -> its physical core (SMT siblings share one). Absent: each CPU is a core.
     core_of: dict[int, int] = field(default_factory=dict)
+    # The CPUs compute bf16 in hardware (AVX512-BF16 or AMX on x86, BF16 on Arm). Fakes in
+    # tests have it, as the machines the defaults were measured on did.
+    cpu_bf16: bool = True
 
     @property
     def cpus(self) -> tuple[int, ...]:
@@ -143,4 +148,5 @@ def detect(nvml=None, with_gpus: bool = True, cpus: list[int] | None = None) -> 
         gpus=detect_gpus(nvml) if with_gpus else (),
         memory_bytes=memory_bytes(),
         core_of=detect_cores(allowed),
+        cpu_bf16=detect_cpu_bf16(),
     )

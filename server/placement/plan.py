@@ -40,6 +40,11 @@ class Placement:
             out[key] = list(out[key])
         return out
 
+    def dtype(self) -> str:
+        """The --dtype its flags set, else "auto" (the checkpoint's)."""
+        flags = list(self.flags)
+        return flags[flags.index("--dtype") + 1] if "--dtype" in flags[:-1] else "auto"
+
     def labels(self) -> dict[str, str]:
         """Prometheus labels of leanserve_engine_placement_info (strings, bounded)."""
         return {
@@ -127,10 +132,11 @@ def table(plan: Plan) -> str:
            else "; no core reserved for the gateway"),
     ]  # fmt: skip
     if plan.device == "cpu":
-        cols = ["engine", "role", "node", "cores", "omp threads", "nice", "shares with", "needs"]
+        cols = ["engine", "role", "node", "cores", "omp threads", "nice", "dtype", "shares with",
+                "needs"]  # fmt: skip
         rows = [
             [p.engine, p.role, str(p.numa_node), format_cpulist(p.cores) or "-",
-             str(len(p.threads)), str(p.priority), ",".join(p.shares_with) or "-",
+             str(len(p.threads)), str(p.priority), p.dtype(), ",".join(p.shares_with) or "-",
              gib(p.need_bytes) + (" (est.)" if p.estimated else "")]
             for p in plan.engines.values()
         ]  # fmt: skip

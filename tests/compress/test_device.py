@@ -61,13 +61,22 @@ def fake_cuda(monkeypatch) -> list[str]:
     return moved
 
 
+class Autocasts(list):
+    """Device types of the autocasts entered, and in .enabled whether each was on."""
+
+    def __init__(self):
+        super().__init__()
+        self.enabled: list[bool] = []
+
+
 @pytest.fixture
-def autocasts(monkeypatch) -> list[str]:
+def autocasts(monkeypatch) -> Autocasts:
     """The device_type of every torch.autocast (entered as a no-op)."""
-    seen: list[str] = []
+    seen = Autocasts()
 
     def record(device_type, *args, **kwargs):
         seen.append(device_type)
+        seen.enabled.append(kwargs.get("enabled", True))
         return contextlib.nullcontext()
 
     monkeypatch.setattr(torch, "autocast", record)
@@ -108,6 +117,27 @@ def test_distill_on_the_device_it_is_given(tiny_base, fake_cuda, autocasts):
     distill.apply(step, student, tokenizer, ctx, device="cpu")
     assert autocasts == ["cpu"] and fake_cuda == []
     assert ctx.notes["distill"]["device"] == "cpu"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_distill_autocasts_to_bf16_only_where_the_hardware_computes_it(
+    tiny_base, autocasts, monkeypatch, native
+):
+    # Emulated bf16 (an AVX2-only CPU) is ~10x slower than float32, so it must stay off there.
+    monkeypatch.setattr(distill, "bf16_native", lambda device: native)
+    student, tokenizer, ctx = _student_and_ctx(tiny_base)
+    step = DistillStep(max_seconds=600, max_tokens=64 * 8, seq_len=64)
+    distill.apply(step, student, tokenizer, ctx, device="cpu")
+    assert autocasts == ["cpu"] and autocasts.enabled == [native]
+
+
+def test_bf16_native_asks_the_hardware(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device.bf16_native("cuda") is False  # no GPU: no bf16 there either
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert device.bf16_native("cuda:1") is True
+    assert device.bf16_native("cpu") is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def test_evaluate_on_the_gpu_it_finds_or_the_device_it_is_given(tiny_base, fake_cuda):

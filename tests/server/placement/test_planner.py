@@ -3,10 +3,12 @@ who shares, who keeps priority, where builds run, and the refusal of what cannot
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
 
+from compress.vllm_command import detect_cpu_bf16
 from server.placement import Machine, ModelNeed, NumaNode, Placer, PlanError, plan, table
 from server.placement.needs import GIB, size_ratio, variant_need
 from server.settings import EngineSettings
@@ -224,9 +226,37 @@ def test_estimated_size_ratios(recipe, ratio):
 
 def test_the_table_names_every_engine_and_where_builds_run():
     text = table(plan(Machine.simple([16, 16]), small(), EngineSettings()))
-    assert re.search(r"^m\s+base\s+1\s+16-31\s+16\s+0\s+-", text, re.M), text
-    assert re.search(r"^m:w8a8\s+variant\s+0\s+1-8\s+8\s+0\s+-", text, re.M), text
+    assert re.search(r"^m\s+base\s+1\s+16-31\s+16\s+0\s+auto\s+-", text, re.M), text
+    assert re.search(r"^m:w8a8\s+variant\s+0\s+1-8\s+8\s+0\s+auto\s+-", text, re.M), text
     assert "builds: cpu on cores 1-15, nice 19" in text
     gpu = table(plan(Machine.simple([64], [80 * GIB] * 8), needs(140 * GB, tp=4), EngineSettings()))
     assert re.search(r"^m\s+base\s+0,1,2,3\s+4\s+0\.90", gpu, re.M), gpu
     assert "builds: cuda on GPUs 7" in gpu
+
+
+# -- dtype ----------------------------------------------------------------------------------------
+def test_cpus_without_bf16_compute_in_float32_and_a_set_dtype_wins():
+    # vLLM CPU emulates bf16 on an AVX2-only CPU: float32 there was ~4x faster (toolchain.md).
+    no_bf16 = dataclasses.replace(Machine.simple([2]), cpu_bf16=False)
+    engines = plan(no_bf16, small(), EngineSettings()).engines.values()
+    assert {p.flags[-2:] for p in engines} == {("--dtype", "float32")}
+    assert {p.dtype() for p in engines} == {"float32"}
+    # With bf16 in hardware vLLM keeps the checkpoint's dtype: no flag.
+    with_bf16 = plan(Machine.simple([2]), small(), EngineSettings()).engines.values()
+    assert all(p.flags == () for p in with_bf16)
+    chosen = plan(no_bf16, small(), EngineSettings(dtype="bfloat16")).engines.values()
+    assert {p.dtype() for p in chosen} == {"bfloat16"}
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "bf16"),
+    [("flags\t\t: fpu sse avx2 fma\n", False),
+     ("flags\t\t: fpu avx512f avx512_bf16 amx_tile\n", True),
+     ("Features\t: fp asimd bf16 i8mm\n", True),
+     ("processor\t: 0\n", True)],  # no flags line: vLLM's own default
+)  # fmt: skip
+def test_bf16_is_read_from_cpuinfo(tmp_path, cpuinfo, bf16):
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo)
+    assert detect_cpu_bf16(path) is bf16
+    assert detect_cpu_bf16(tmp_path / "missing") is True
