@@ -17,18 +17,31 @@ API_SERVER = "vllm.entrypoints.openai.api_server"
 BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
 
 
-def detect_cpu_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether the CPUs have bf16 instructions; True where cpuinfo cannot be read (the default
-    then stays vLLM's own)."""
+def _cpu_flags(cpuinfo: Path) -> tuple[str, set[str]] | None:
+    """("flags", x86 flags) or ("Features", Arm features) of the first CPU; None if unknown."""
     try:
         text = cpuinfo.read_text()
     except OSError:
-        return True
+        return None
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
-            return bool(BF16_FLAGS & set(value.split()))
-    return True
+            return key.strip(), set(value.split())
+    return None
+
+
+def detect_cpu_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPUs have bf16 instructions; True where cpuinfo cannot be read (the default
+    then stays vLLM's own)."""
+    found = _cpu_flags(cpuinfo)
+    return True if found is None else bool(BF16_FLAGS & found[1])
+
+
+def detect_cpu_avx512(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether x86 CPUs have AVX-512 (vLLM CPU picks its kernel library by it); True on other
+    architectures and where cpuinfo cannot be read."""
+    found = _cpu_flags(cpuinfo)
+    return True if found is None or found[0] != "flags" else "avx512f" in found[1]
 
 
 def cpu_dtype_flags(bf16: bool | None = None) -> list[str]:

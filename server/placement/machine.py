@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compress.vllm_command import detect_cpu_bf16
+from compress.vllm_command import detect_cpu_avx512, detect_cpu_bf16
 
 SYS_NODES = Path("/sys/devices/system/node")
 SYS_CPUS = Path("/sys/devices/system/cpu")
@@ -40,6 +40,8 @@ class Machine:
     # The CPUs compute bf16 in hardware (AVX512-BF16 or AMX on x86, BF16 on Arm). Fakes in
     # tests have it, as the machines the defaults were measured on did.
     cpu_bf16: bool = True
+    # x86 CPUs with AVX-512 (vLLM CPU's int4 kernel needs it, kernels.py); True on other CPUs.
+    cpu_avx512: bool = True
 
     @property
     def cpus(self) -> tuple[int, ...]:
@@ -149,4 +151,5 @@ def detect(nvml=None, with_gpus: bool = True, cpus: list[int] | None = None) -> 
         memory_bytes=memory_bytes(),
         core_of=detect_cores(allowed),
         cpu_bf16=detect_cpu_bf16(),
+        cpu_avx512=detect_cpu_avx512(),
     )

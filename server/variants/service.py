@@ -37,6 +37,7 @@ from server.backends.registry import Backend, Registry, engine_client
 from server.errors import APIError
 from server.metrics.registry import Metrics
 from server.placement import Placer, PlanError
+from server.placement.kernels import cpu_refusal
 from server.placement.needs import GIB, base_bytes, variant_need
 from server.settings import Settings
 
@@ -116,10 +117,16 @@ class VariantManager:
             # Room is claimed before the build (from the recipe's estimated size): a variant
             # that cannot fit is refused now, not after a build, and the base keeps its share.
             try:
-                self.placer.place(self._need(variant))
+                placement = self.placer.place(self._need(variant))
             except PlanError as exc:
                 variant.state, variant.error = "no_room", str(exc)
                 log.warning("variant %s: %s", variant.name, exc)
+                return variant
+            # A variant this machine's vLLM cannot run fails now, not after an hour's build.
+            if reason := cpu_refusal(self.placer.plan.machine, placement.device, recipe):
+                self.placer.release(variant.name)
+                variant.state, variant.error = "failed", reason
+                log.warning("variant %s not built: %s", variant.name, reason)
                 return variant
         self.metrics.add_build(variant.name)
         self._queue.put_nowait(vid)
@@ -315,6 +322,13 @@ class VariantManager:
             except PlanError as exc:
                 variant.state, variant.error = "no_room", str(exc)
                 log.warning("variant %s built, not served: %s", variant.name, exc)
+                return
+            steps = ((variant.card or {}).get("recipe") or {}).get("steps") or []
+            machine = self.placer.plan.machine
+            if reason := cpu_refusal(machine, placement.device, variant.recipe, steps):
+                self.placer.release(variant.name)  # a recipe file's w4a16, seen in its card
+                variant.state, variant.error = "failed", reason
+                log.warning("variant %s built, not served: %s", variant.name, reason)
                 return
         config = EngineConfig.from_settings(
             self.settings.engine,

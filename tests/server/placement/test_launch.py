@@ -164,6 +164,31 @@ async def test_a_variant_added_at_run_time_claims_its_place_and_gives_it_back(tm
     assert m.placer.placement(f"{BASE}:w4a16") is None
 
 
+def test_an_int4_variant_on_a_cpu_without_avx512_fails_before_its_build(tmp_path):
+    # vLLM CPU's AVX2 kernel library has no int4 GEMM: such an engine would start, then die on
+    # its first request (server/placement/kernels.py).
+    m = manager(tmp_path, dataclasses.replace(Machine.simple([16, 16]), cpu_avx512=False))
+    for recipe in ("w4a16", "prune-0.25+distill+w4a16"):
+        variant = m.request(recipe)
+        assert variant.state == "failed" and "no int4 (w4a16) kernel for this CPU" in variant.error
+        assert m.placer.placement(f"{BASE}:{recipe}") is None  # its room is given back
+    assert m._queue.empty()  # nothing is built for them
+    assert m.request("w8a8").state == "queued"  # int8 runs on AVX2 (oneDNN)
+    # The same recipe on an AVX-512 CPU, or on a GPU, is built.
+    assert manager(tmp_path, Machine.simple([16, 16])).request("w4a16").state == "queued"
+    gpu = dataclasses.replace(Machine.simple([16], [80 * GIB] * 2), cpu_avx512=False)
+    assert manager(tmp_path, gpu).request("w4a16").state == "queued"
+
+
+def test_a_recipe_files_int4_is_seen_in_its_card(tmp_path):
+    m = manager(tmp_path, dataclasses.replace(Machine.simple([16, 16]), cpu_avx512=False))
+    from server.placement.kernels import cpu_refusal
+
+    steps = [{"kind": "layer_prune"}, {"kind": "quantize", "scheme": "w4a16"}]
+    assert "no int4" in cpu_refusal(m.placer.plan.machine, "cpu", "mine.yaml", steps)
+    assert cpu_refusal(m.placer.plan.machine, "cpu", "mine.yaml", steps[:1]) is None
+
+
 def test_leanserve_plan_prints_the_table(capsys):
     assert cli(["plan", "--cores", "16,16", "--memory-gib", "64"]) == 0
     out = capsys.readouterr().out
