@@ -74,6 +74,8 @@ def engine(args: argparse.Namespace) -> int:
 
     from server.backends.engine_process import EngineConfig
     from server.basemodel import expected_name
+    from server.placement.cpu import dtype_flags
+    from server.placement.machine import detect
     from server.settings import load_settings
     from server.variants.lookup import find_variant
 
@@ -94,9 +96,14 @@ def engine(args: argparse.Namespace) -> int:
                 return 2
             time.sleep(5)
         model = str(found)
+    # An engine pod is not placed by the gateway: on a CPU node it takes the CPU plan's dtype
+    # (float32 where bf16 is only emulated); extra_args still win.
+    machine = detect(with_gpus=settings.engine.device != "cpu")
+    dtype = list(dtype_flags(machine, settings.engine)) if not machine.gpus else []
     config = EngineConfig.from_settings(
-        settings.engine, name, model, host=args.host, port=args.port
-    )
+        settings.engine, name, model, host=args.host, port=args.port,
+        extra_args=[*dtype, *settings.engine.extra_args],
+    )  # fmt: skip
     command = config.command(args.port)
     print("leanserve: exec", " ".join(command), file=sys.stderr, flush=True)
     os.execve(command[0], command, config.environment())
