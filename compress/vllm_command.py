@@ -46,7 +46,7 @@ def detect_cpu_avx512(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 
 def cpu_dtype_flags(bf16: bool | None = None) -> list[str]:
     """--dtype float32 for a CPU engine on CPUs without bf16 instructions (vLLM CPU emulates
-    bf16 there: ~4x slower, docs/toolchain.md); nothing elsewhere (the checkpoint's dtype)."""
+    bf16 there: ~5x slower, BENCHMARKS.md); nothing elsewhere (the checkpoint's dtype)."""
     return [] if (detect_cpu_bf16() if bf16 is None else bf16) else ["--dtype", "float32"]
 
 

@@ -55,7 +55,7 @@ class EngineSettings(BaseModel):
         default="auto",
         description="vLLM's --dtype for CPU engines (on GPUs: extra_args). auto: the "
         "checkpoint's, except on CPUs without bf16 instructions (no AVX512-BF16 or AMX), where "
-        "it is float32: vLLM CPU emulates bf16 there, ~4x slower (docs/toolchain.md).",
+        "it is float32: vLLM CPU emulates bf16 there, ~5x slower (BENCHMARKS.md).",
     )
     start_timeout_s: float = Field(default=900, gt=0, description="Large models load for minutes.")
     extra_args: list[str] = Field(default_factory=list, description="More vLLM CLI arguments.")

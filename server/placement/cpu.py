@@ -91,8 +91,8 @@ def _spread_over_nodes(
 
 def dtype_flags(machine: Machine, engine) -> tuple[str, ...]:
     """vLLM's --dtype for CPU engines: the setting where given; for auto, float32 on CPUs that
-    only emulate bf16 (vLLM CPU 0.32 on an AVX2-only EPYC: 92 against 21 tokens/s at 32
-    streams for the default model, docs/toolchain.md), else the checkpoint's (no flag)."""
+    only emulate bf16 (vLLM CPU 0.32 on an AVX2-only EPYC: 101 against 21 tokens/s at 32
+    streams for the default model, BENCHMARKS.md), else the checkpoint's (no flag)."""
     if engine.dtype != "auto":
         return ("--dtype", engine.dtype)
     return tuple(cpu_dtype_flags(machine.cpu_bf16))
