@@ -37,8 +37,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from compress.report import with_interval
+
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = Path(__file__).resolve().parent / "compress_recipes"
+DEFAULT_OUT = REPO / "bench" / "results" / "compress_test_split.json"
+CURVE_OUT = REPO / "bench" / "results" / "distill_budget.json"
 QUALITY_FLOOR = 0.9  # the router's default routing.quality_floor, on chat top-1
 
 
@@ -84,9 +88,9 @@ def verdict(value: float | None, limit: float | None, higher_is_better: bool = F
     return f"MISSED by {abs(value - limit) * 100:.1f} points"
 
 
-def _ci(q: dict, key: str, scale: float = 1, fmt: str = ".3f") -> str:
-    lo, hi = q.get("ci95", {}).get(key) or (None, None)
-    return "" if lo is None else f" [{lo * scale:{fmt}}, {hi * scale:{fmt}}]"
+def _ci(q: dict, key: str, fmt: str = ".3f", scale: float = 1, unit: str = "") -> str:
+    """A card figure with its 95 % interval, as `compress report` prints it."""
+    return with_interval(q[key], q.get("ci95", {}).get(key), fmt, scale, unit)
 
 
 def row(label: str, card: dict, t: Target) -> str:
@@ -94,15 +98,14 @@ def row(label: str, card: dict, t: Target) -> str:
     chat = q.get("chat") or {}
     ppl, s32 = q["perplexity_change"], speed.get("speedup_32")
     chat_cell = (
-        f"{chat['top1_agreement']:.3f}{_ci(chat, 'top1_agreement')} / {chat['kl_to_base']:.3f}"
+        f"{_ci(chat, 'top1_agreement')} / {chat['kl_to_base']:.3f}"
         if chat.get("top1_agreement") is not None
         else "-"
     )
     return (
-        f"| {label} | {ppl * 100:+.1f} %{_ci(q, 'perplexity_change', 100, '+.1f')} "
+        f"| {label} | {_ci(q, 'perplexity_change', '+.1f', 100, ' %')} "
         f"(<= +{t.ppl_max * 100:.0f} %: {verdict(ppl, t.ppl_max)}) "
-        f"| {q['kl_to_base']:.4f}{_ci(q, 'kl_to_base', 1, '.4f')} "
-        f"| {q['top1_agreement']:.3f}{_ci(q, 'top1_agreement')} | {chat_cell} "
+        f"| {_ci(q, 'kl_to_base', '.4f')} | {_ci(q, 'top1_agreement')} | {chat_cell} "
         f"| {'-' if s32 is None else f'{s32:.2f}x'} ({verdict(s32, t.speed_min, True)}) "
         f"| {size['size_ratio'] * 100:.0f} % ({verdict(size['size_ratio'], t.size_max)}) |"
     )
@@ -151,7 +154,7 @@ def floor_budget(points: list[tuple[float, float]], floor: float) -> float | Non
 
 
 def curve(args: argparse.Namespace, speed: list[str]) -> int:
-    out = args.out if args.out != DEFAULT_OUT else REPO / "bench/results/distill_budget.json"
+    out = CURVE_OUT if args.out == DEFAULT_OUT else args.out
     results = json.loads(out.read_text()) if out.exists() else {}
     for minutes in args.distill_minutes:
         extra = [*speed, "--distill-seconds", str(minutes * 60)]
@@ -173,7 +176,7 @@ def curve(args: argparse.Namespace, speed: list[str]) -> int:
         chat = q["chat"]
         points.append((float(key), chat["top1_agreement"]))
         print(
-            f"| {key} | {chat['top1_agreement']:.3f}{_ci(chat, 'top1_agreement')} "
+            f"| {key} | {_ci(chat, 'top1_agreement')} "
             f"| {chat['kl_to_base']:.3f} | {q['kl_to_base']:.3f} "
             f"| {q['perplexity_change'] * 100:+.1f} % |"
         )
@@ -183,9 +186,6 @@ def curve(args: argparse.Namespace, speed: list[str]) -> int:
         + ("not reached (the fit does not rise)" if reach is None else f"~{reach:.0f} minutes")
     )
     return 0
-
-
-DEFAULT_OUT = REPO / "bench" / "results" / "compress_test_split.json"
 
 
 def main() -> int:

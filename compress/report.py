@@ -28,7 +28,9 @@ def _num(x: float | None, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
 
-def _ci(x: float | None, ci: list[float] | None, fmt: str, scale: float = 1, unit: str = "") -> str:
+def with_interval(
+    x: float | None, ci: list[float] | None, fmt: str, scale: float = 1, unit: str = ""
+) -> str:
     """A point estimate and its 95 % interval, e.g. "+1.6 % [+1.1, +2.2]"; cards written
     before intervals existed show the point estimate alone."""
     if x is None:
@@ -53,7 +55,7 @@ def _splits(table: list[dict]) -> str:
 
 def _chat(chat: ChatQuality) -> str:
     """Chat agreement cells: top-1 with its interval, then exact match (compress/chat_agreement)."""
-    top1 = _ci(chat.top1_agreement, chat.ci95.get("top1_agreement"), ".3f")
+    top1 = with_interval(chat.top1_agreement, chat.ci95.get("top1_agreement"), ".3f")
     exact = _num(chat.exact_match, ".2f")
     return f"{top1} | {exact}" + (f" @{chat.exact_match_tokens}" if exact != "-" else "")
 
@@ -122,11 +124,14 @@ def markdown(table: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(table, key=lambda r: r["kl"]):
+        ppl_change = with_interval(
+            r["ppl_change"], r["ci"].get("perplexity_change"), "+.1f", 100, " %"
+        )
         lines.append(
             f"| {r['variant']} | {r['ppl']:.2f} "
-            f"| {_ci(r['ppl_change'], r['ci'].get('perplexity_change'), '+.1f', 100, ' %')} "
-            f"| {_ci(r['kl'], r['ci'].get('kl_to_base'), '.4f')} "
-            f"| {_ci(r['top1'], r['ci'].get('top1_agreement'), '.3f')} "
+            f"| {ppl_change} "
+            f"| {with_interval(r['kl'], r['ci'].get('kl_to_base'), '.4f')} "
+            f"| {with_interval(r['top1'], r['ci'].get('top1_agreement'), '.3f')} "
             f"| {r['last_word']:.2f} | {_chat(r['chat'])} | {r['mb']:.0f} "
             f"| {r['size_ratio'] * 100:.0f} % | {_num(r['tok_s_32'], '.0f')} "
             f"| {_num(r['speedup_32'], '.2f')}x | {_num(r['tok_s_1'], '.1f')} "

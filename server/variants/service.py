@@ -123,10 +123,7 @@ class VariantManager:
                 log.warning("variant %s: %s", variant.name, exc)
                 return variant
             # A variant this machine's vLLM cannot run fails now, not after an hour's build.
-            if reason := cpu_refusal(self.placer.plan.machine, placement.device, recipe):
-                self.placer.release(variant.name)
-                variant.state, variant.error = "failed", reason
-                log.warning("variant %s not built: %s", variant.name, reason)
+            if self._unrunnable(variant, placement):
                 return variant
         self.metrics.add_build(variant.name)
         self._queue.put_nowait(vid)
@@ -314,6 +311,19 @@ class VariantManager:
         variant.percent = max(variant.percent, min(overall, 99.9))
         self.metrics.build_progress.labels(variant.name).set(variant.percent / 100)
 
+    def _unrunnable(self, variant: Variant, placement) -> bool:
+        """A variant this machine's vLLM cannot run (server/placement/kernels.py) fails with the
+        reason and gives its room back. Before the build the recipe's name tells; after it, the
+        card's resolved steps too."""
+        steps = ((variant.card or {}).get("recipe") or {}).get("steps") or []
+        reason = cpu_refusal(self.placer.plan.machine, placement.device, variant.recipe, steps)
+        if reason is None:
+            return False
+        self.placer.release(variant.name)
+        variant.state, variant.error = "failed", reason
+        log.warning("variant %s not served: %s", variant.name, reason)
+        return True
+
     async def _serve(self, variant: Variant) -> None:
         placement = None
         if self.placer is not None:
@@ -323,12 +333,7 @@ class VariantManager:
                 variant.state, variant.error = "no_room", str(exc)
                 log.warning("variant %s built, not served: %s", variant.name, exc)
                 return
-            steps = ((variant.card or {}).get("recipe") or {}).get("steps") or []
-            machine = self.placer.plan.machine
-            if reason := cpu_refusal(machine, placement.device, variant.recipe, steps):
-                self.placer.release(variant.name)  # a recipe file's w4a16, seen in its card
-                variant.state, variant.error = "failed", reason
-                log.warning("variant %s built, not served: %s", variant.name, reason)
+            if self._unrunnable(variant, placement):  # a recipe file's w4a16, seen in its card
                 return
         config = EngineConfig.from_settings(
             self.settings.engine,
