@@ -153,7 +153,7 @@ def run(p: Plan, progress: Progress) -> tuple[schema.Card, bool]:
             stages=stages,
         )
     )
-    from compress.device import resolve
+    from compress.device import compute_dtype, resolve
 
     device = resolve(options.device)
     progress.log(f"computing on {device}")
@@ -177,8 +177,9 @@ def run(p: Plan, progress: Progress) -> tuple[schema.Card, bool]:
             t = time.monotonic()
             progress.stage(name)
             if isinstance(step, QuantizeStep):
-                # Quantize from the checkpoint's own dtype: its scales are saved in that dtype.
-                model = model.to(save_dtype)
+                # Calibrate in the checkpoint's own dtype where the hardware computes it, so
+                # the scales match what is served; emulated bf16 is far slower than float32.
+                model = model.to(compute_dtype(device, save_dtype))
             model = apply_step(step, model, tokenizer, ctx)
             progress.finish_stage()
             timings[name] = time.monotonic() - t
@@ -186,8 +187,7 @@ def run(p: Plan, progress: Progress) -> tuple[schema.Card, bool]:
         t = time.monotonic()
         progress.stage("save")
         params = checkpoint.count_parameters(model)
-        if not any(isinstance(s, QuantizeStep) for s in p.recipe.steps):
-            model = model.to(save_dtype)
+        model = model.to(save_dtype)  # scales too: they are saved in the checkpoint's dtype
         sparsity = _sparsity(model, p.recipe)
         structure = {"num_hidden_layers": model.config.num_hidden_layers}
         if getattr(model.config, "layer_types", None):

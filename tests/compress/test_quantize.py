@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from compress import checkpoint, quantize
 from compress.recipes import QuantizeStep
@@ -85,3 +86,34 @@ def test_quantizing_a_stored_variant_against_a_reference(tiny_base, store):
     assert card["built_from"]["path"] == str(pruned.resolve())
     assert card["size"]["parameter_ratio"] < 1
     assert json.loads((path / "config.json").read_text())["num_hidden_layers"] == 3
+
+
+@pytest.mark.parametrize("recipe", ["w8a8", "w4a16", "fp8"])
+def test_where_bf16_is_emulated_quantize_calibrates_in_float32_and_saves_bf16(
+    tiny_base, tmp_path, monkeypatch, recipe
+):
+    """An AVX2-only CPU emulates bf16: calibration runs in float32 there, and the checkpoint is
+    still the one a bf16 build writes (same format, scales in bf16) with about the same quality."""
+    from compress import device as device_mod
+
+    native, native_path, _ = build(tiny_base, recipe, tmp_path / "native")
+    seen: list[torch.dtype] = []
+    apply = quantize.apply
+
+    def recording_apply(step, model, *args, **kwargs):
+        seen.append(next(model.parameters()).dtype)
+        return apply(step, model, *args, **kwargs)
+
+    monkeypatch.setattr(device_mod, "bf16_native", lambda device: False)
+    monkeypatch.setattr(quantize, "apply", recording_apply)
+    card, path, _ = build(tiny_base, recipe, tmp_path / "emulated")
+    assert seen == [torch.float32]
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        scales = {f.get_tensor(k).dtype for k in f.keys() if k.endswith("weight_scale")}  # noqa: SIM118
+    assert scales == {torch.bfloat16}
+
+    def config(folder):
+        return json.loads((folder / "config.json").read_text())["quantization_config"]
+
+    assert config(path)["format"] == config(native_path)["format"]
+    assert abs(card["quality"]["kl_to_base"] - native["quality"]["kl_to_base"]) < 0.05
