@@ -6,6 +6,11 @@ run by hand, a build picks for itself. Steps take the device as a parameter and 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for annotations only: the functions import torch when called
+    import torch
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -49,7 +54,7 @@ def bf16_native(device: str) -> bool:
     return False
 
 
-def compute_dtype(device: str, dtype):
+def compute_dtype(device: str, dtype: torch.dtype) -> torch.dtype:
     """The dtype to run a calibration pass in for a checkpoint stored in `dtype`: that dtype
     where the device computes it natively, float32 where bf16 would only be emulated. On an
     AVX2-only CPU a w4a16 build (AWQ's grid search) in emulated bf16 had done 2 of 30 layers
