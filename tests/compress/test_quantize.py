@@ -7,6 +7,7 @@ import torch
 from safetensors import safe_open
 
 from compress import checkpoint, quantize
+from compress import device as device_mod
 from compress.recipes import QuantizeStep
 
 from .helpers import build
@@ -94,8 +95,6 @@ def test_where_bf16_is_emulated_quantize_calibrates_in_float32_and_saves_bf16(
 ):
     """An AVX2-only CPU emulates bf16: calibration runs in float32 there, and the checkpoint is
     still the one a bf16 build writes (same format, scales in bf16) with about the same quality."""
-    from compress import device as device_mod
-
     native, native_path, _ = build(tiny_base, recipe, tmp_path / "native")
     seen: list[torch.dtype] = []
     apply = quantize.apply

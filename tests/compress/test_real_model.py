@@ -42,8 +42,8 @@ SPEED_RECIPE = "w8a8"  # one build also measures speed in vLLM against the base
 # Where vLLM CPU has no int4 GEMM (x86 without AVX-512) the gateway refuses w4a16 before its
 # build (server/placement/kernels.py), so this test does not build it there either: on such a
 # CPU that build alone took most of a CI run. The tiny-model tests build w4a16 everywhere.
-INT4_KERNELS = detect_cpu_avx512()
 NO_INT4 = "vLLM CPU's AVX2 kernels have no int4 GEMM: w4a16 is refused here (placement/kernels.py)"
+BUILT = [r for r in RECIPES if r != "w4a16" or detect_cpu_avx512()]
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +57,7 @@ def variants(real_base, real_store):
     built: dict[str, dict] = {}
 
     def get(recipe: str) -> dict:
-        if recipe == "w4a16" and not INT4_KERNELS:
+        if recipe not in BUILT:
             pytest.skip(NO_INT4)
         if recipe not in built:
             extra = ["--speed"] if recipe == SPEED_RECIPE and speed.default_vllm_python() else []
@@ -148,11 +148,10 @@ def test_speed_is_measured_against_the_base(variants, vllm_python):
 
 
 def test_report_over_the_built_variants(variants, real_store, tmp_path):
-    built = [r for r in RECIPES if INT4_KERNELS or r != "w4a16"]
-    for recipe in built:
+    for recipe in BUILT:
         variants(recipe)
     out = run_cli("report", "--store", str(real_store), "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
     md = (tmp_path / "report.md").read_text()
-    assert md.count("| smollm2-135m-instruct-") == len(built)
+    assert md.count("| smollm2-135m-instruct-") == len(BUILT)
     assert (tmp_path / "report.png").stat().st_size > 10_000
