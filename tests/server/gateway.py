@@ -140,5 +140,7 @@ def wait_engine_running(engine_url: str, predicate, timeout_s: float) -> bool:
     while time.monotonic() < deadline:
         if predicate(engine_running(engine_url)):
             return True
-        time.sleep(0.05)
+        # Not faster: each /metrics is a render in vLLM's API server, the process that also
+        # relays the engine's outputs; polled every 50 ms it is a load of its own on a slow CPU.
+        time.sleep(0.2)
     return False

@@ -3,6 +3,7 @@ running count drops at once instead of after the whole generation."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -11,15 +12,37 @@ import time
 import httpx
 import pytest
 
+from server.metrics.engine_stats import parse
 from tests.server.gateway import wait_engine_running as _wait_running
 
 pytestmark = pytest.mark.slow
 
 
+def _engine_counts(engine_url: str) -> dict[str, float]:
+    text = httpx.get(f"{engine_url}/metrics", timeout=10).text
+    counts = parse(text)
+    return {k: counts.get(f"vllm:num_requests_{k}", 0.0) for k in ("running", "waiting")}
+
+
+def _what_went_wrong(gateway, engine_url: str, sock: socket.socket | None = None) -> str:
+    """The failure message: the engine's queues, what the gateway answered the client (if it
+    answered at all) and the gateway's log, so a failure on a slow CI machine can be placed."""
+    answer = b""
+    if sock is not None:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            answer = sock.recv(2000)
+    return (
+        f"engine: {_engine_counts(engine_url)}; the gateway answered: {answer[:600]!r}\n"
+        f"gateway log:\n{gateway.log_tail(30)}"
+    )
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_disconnect_cancels_generation(gateway, base_model, stream):
     engine_url = gateway.engine(base_model)["url"]
-    assert _wait_running(engine_url, lambda n: n == 0, 30)
+    # Generous: on a slow CPU (float32 on AVX2) a request left by an earlier test may still run.
+    assert _wait_running(engine_url, lambda n: n == 0, 120), _what_went_wrong(gateway, engine_url)
     host, port = gateway.url.removeprefix("http://").split(":")
     payload = {
         "model": base_model,
@@ -35,12 +58,17 @@ def test_disconnect_cancels_generation(gateway, base_model, stream):
     ).encode() + body
     sock = socket.create_connection((host, int(port)))
     sock.sendall(request)
-    # 1,800 tokens take the engine over 20 s: the request is surely running after a moment.
-    assert _wait_running(engine_url, lambda n: n >= 1, 30), "the request never started"
+    # 1,800 tokens take the engine over 20 s even on a fast CPU: once running, it surely
+    # still is a second later.
+    assert _wait_running(engine_url, lambda n: n >= 1, 60), (
+        "the request never started; " + _what_went_wrong(gateway, engine_url, sock)
+    )
     time.sleep(1.0)
     sock.close()  # the client goes away
     started = time.monotonic()
-    assert _wait_running(engine_url, lambda n: n == 0, 10), "the engine kept generating"
+    assert _wait_running(engine_url, lambda n: n == 0, 10), (
+        "the engine kept generating; " + _what_went_wrong(gateway, engine_url)
+    )
     assert time.monotonic() - started < 10
     # And the gateway's own books are balanced.
     metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
