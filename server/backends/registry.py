@@ -104,6 +104,15 @@ class Registry:
             raise model_not_found(model)
         return backend
 
+    def core_mates(self, backend: Backend, device: str | None = None) -> list[Backend]:
+        """The engines the placement plan has computing on the same cores or GPU as `backend`
+        (on a 2-core machine every variant shares the base's core); `device` ("cpu", "cuda")
+        keeps only placements on that kind. Remote engines: none known."""
+        placement = getattr(backend.engine, "placement", None)
+        if placement is None or (device is not None and placement.device != device):
+            return []
+        return [self.backends[n] for n in placement.shares_with if n in self.backends]
+
     @property
     def ready(self) -> bool:
         """The routed name can be served: its base (or, when the base runs nowhere, any variant)

@@ -26,10 +26,12 @@ class QualitySettings(BaseModel):
         "(counted in leanserve_live_quality_dropped_total).",
     )
     shadow_max_in_flight: int = Field(
-        default=1,
+        default=0,
         ge=0,
-        description="Score on an engine only while it has at most this many client requests "
-        "in flight: scoring uses spare capacity only.",
+        description="Score on an engine only while it, and every engine sharing its cores or "
+        "GPU, has at most this many client requests in flight: scoring uses idle time only "
+        "(0; 1 read back beside one request cost clients' p95 time to first token 1.6x on a "
+        "shared CPU core, BENCHMARKS.md).",
     )
     shadow_wait_s: float = Field(
         default=30.0,

@@ -4,7 +4,9 @@ Per answered request: with probability quality.shadow_rate (0: never) its answer
 it is sent (capture.py) and, after its last byte, put on a bounded queue; when the queue is
 full it is dropped and counted. One worker scores one answer at a time, and only while the
 engine it needs has spare capacity (at most quality.shadow_max_in_flight client requests in
-flight; it waits up to quality.shadow_wait_s, then drops the answer, counted). Its calls are
+flight, by default none, on that engine and on every engine the placement plan has computing
+on the same cores or GPU; it waits up to quality.shadow_wait_s, then drops the answer,
+counted). Its calls are
 not client requests: they are not counted in flight and do not move routing's statistics.
 
 What is compared: live quality describes each variant against the base. An answer of the base
@@ -166,9 +168,12 @@ class Shadow:
         """Wait until `backend` has spare capacity; ScoringError("busy") past the wait."""
         deadline = time.monotonic() + self.settings.shadow_wait_s
         limit = self.settings.shadow_max_in_flight
-        while not (_serving(backend) and backend.in_flight <= limit):
+        # On a shared core an idle engine is no spare capacity while a mate serves clients.
+        group = [backend, *self.registry.core_mates(backend)]
+        while not (_serving(backend) and all(b.in_flight <= limit for b in group)):
             if time.monotonic() >= deadline:
-                raise ScoringError("busy", f"{backend.name}: {backend.in_flight} in flight")
+                busy = ", ".join(f"{b.name}: {b.in_flight}" for b in group)
+                raise ScoringError("busy", f"in flight on {backend.name}'s cores: {busy}")
             await asyncio.sleep(POLL_S)
 
     def _comparable(self) -> bool:

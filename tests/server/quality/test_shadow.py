@@ -13,6 +13,7 @@ import pytest
 
 from server.inference.protocol import ChatCompletionRequest, CompletionRequest
 from server.metrics.registry import Metrics
+from server.placement.plan import Placement
 from server.quality.capture import Answer
 from server.quality.compare import Comparison
 from server.quality.settings import QualitySettings
@@ -104,6 +105,22 @@ async def test_scoring_starts_once_the_engine_has_room():
     await s._room(base)
     assert 0.15 <= time.monotonic() - started < 2
     await freeing
+
+
+async def test_an_idle_variant_on_the_base_core_waits_for_the_base_to_be_idle_too():
+    """On a 2-core machine the variants compute on the base's core: a read-back on an idle
+    variant would slow the base's clients as much as one on the base."""
+    base, w8a8, w4a16 = backend(BASE), backend(W8A8), backend(W4A16)
+    w8a8.engine.placement = Placement(W8A8, "variant", "cpu", cores=(1,), shares_with=(BASE,))
+    s = shadow(base, w8a8, w4a16, shadow_rate=1.0, shadow_wait_s=0.2)
+    assert s.settings.shadow_max_in_flight == 0, "by default scoring uses idle time only"
+    base.in_flight = 1
+    with pytest.raises(ScoringError) as exc:
+        await s._room(w8a8)
+    assert exc.value.reason == "busy" and f"{BASE}: 1" in str(exc.value)
+    await s._room(w4a16)  # on cores of its own (no placement says otherwise): room at once
+    base.in_flight = 0
+    await s._room(w8a8)
 
 
 async def test_the_worker_counts_each_failure_and_goes_on(monkeypatch):
