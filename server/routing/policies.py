@@ -28,7 +28,9 @@ class BackendState:
     ttft_s: float  # predicted time to first token (live moving average, adjusted for queue)
     tpot_s: float  # predicted time per output token
     relative_cost: float = 1.0  # cost per token against the base's
-    at_limit: bool = False  # as many requests in flight as its learned concurrency limit
+    # As many requests in flight as its learned concurrency limit, or an engine on the same CPU
+    # cores serving requests (routing/service.py cpu_mates_busy).
+    at_limit: bool = False
     quality_source: str = "card"  # where `quality` came from, for the route reason
 
 
