@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -87,7 +88,11 @@ async def run_round(
     requests: int,
     max_tokens: int,
     headers: dict[str, str] | None = None,
+    think_s: float = 0.0,
 ) -> Round:
+    """`think_s`: each client pauses a random time (exponential, this mean) after each answer,
+    as people do between chat turns: the engine has idle gaps (0: back to back)."""
+    rng = random.Random(requests)  # the same pauses for every arm of a paired comparison
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(requests):
         queue.put_nowait(i)
@@ -101,6 +106,8 @@ async def run_round(
             while not queue.empty():
                 i = queue.get_nowait()
                 results.append(await one_request(client, url, model, max_tokens, i))
+                if think_s > 0:
+                    await asyncio.sleep(rng.expovariate(1 / think_s))
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))

@@ -1,21 +1,25 @@
 """Shadow scoring on against off: what reading answers back (quality.shadow_rate 1.0) costs the
 clients' time to first token, same run.
 
-Two vLLM engines (`leanserve engine`: the base and a small w8a8) and two gateway processes in
-front of both by URL: gateway "on" scores every answer of the base under the base and w8a8
-after it is sent (shadow_rate 1.0), gateway "off" scores nothing (shadow_rate 0). Rounds of
-closed-loop streaming load, pinned to the base (`<base>:base`), alternate between the two, the
-order flipping each round, so engines, machine drift and prompts are the same for both. Before
-each round the "on" gateway's scoring left over from its last round is let finish, so an "off"
-round does not pay for it. Scoring waits for spare capacity (at most
-quality.shadow_max_in_flight, 1, client requests in flight on the engine it reads on), so at
-concurrency 1-2 it runs between requests and competes with the next one: the case to measure.
+Two gateways as `make serve` runs them, each with its own engines (the base and a small w8a8
+declared as a variant, placed by the gateway's plan: on a 2-core machine both compute on core 1,
+the variant at a lower priority): gateway "on" scores every answer of the base under the base
+and w8a8 after it is sent (shadow_rate 1.0), gateway "off" scores nothing (shadow_rate 0).
+Rounds of streaming load pinned to the base (`<base>:base`) alternate between the two, the
+order flipping each round, so machine drift and prompts are the same for both. Clients pause
+between answers (`--think-s`, exponential, as people between chat turns), so the engines have
+idle gaps: scoring waits for one (quality.shadow_max_in_flight, by default 0 client requests in
+flight on the engine and on every engine sharing its cores), and a request that arrives while a
+read-back runs pays for it: the case to measure. Before each round the "on" gateway's leftover
+scoring is let finish (its engines share core 1 with the "off" gateway's, and would look idle to
+it during an "off" round); how many answers it scored during its own rounds is reported.
 
 Reported: per round the p95 (and median) time to first token of each arm; the medians over
 rounds; the mean of the paired per-round ratios on/off of the p95 with its 95 % t-interval;
-and how many answers the "on" gateway scored and dropped (by reason).
+how many answers the "on" gateway scored and dropped (by reason).
 
-    .venv/bin/python bench/shadow_overhead.py [--rounds 8] [--concurrency 2] [--requests 24]
+    .venv/bin/python bench/shadow_overhead.py [--rounds 8] [--concurrency 2] [--requests 48]
+        [--think-s 1.0] [--out bench/results/shadow_overhead.json]
 """
 
 from __future__ import annotations
@@ -33,13 +37,12 @@ import time
 from pathlib import Path
 
 import httpx
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.base_vs_vllm import base_checkpoint  # noqa: E402
-from bench.loadgen import Round, cores_besides, paired_ratio, run_round  # noqa: E402
-from tests.server.gateway import REPO, start_engine, start_gateway, wait_health  # noqa: E402
+from bench.base_vs_vllm import base_checkpoint, wait_variants  # noqa: E402
+from bench.loadgen import Round, paired_ratio, run_round  # noqa: E402
+from tests.server.gateway import REPO, start_gateway  # noqa: E402
 from tests.server.test_variants_e2e import SMALL_BUILD  # noqa: E402
 
 BASE = "smollm2-135m-instruct"
@@ -69,6 +72,9 @@ def shadow_counts(url: str) -> dict[str, float]:
     return counts
 
 
+SETTLE_S = 120.0
+
+
 def settle(url: str, timeout_s: float, quiet_s: float = 2.0) -> None:
     """Wait until the gateway's scoring counts have not moved for `quiet_s`."""
     deadline = time.monotonic() + timeout_s
@@ -80,6 +86,15 @@ def settle(url: str, timeout_s: float, quiet_s: float = 2.0) -> None:
             last, since = now, time.monotonic()
         elif time.monotonic() - since >= quiet_s:
             return
+
+
+def own_home(home: Path, path: Path) -> Path:
+    """A home for one gateway: its own logs, caches and state, the shared home's base model
+    and variant store (read only here: the variant is built before)."""
+    path.mkdir(parents=True)
+    for shared in ("models", "variants"):
+        (path / shared).symlink_to(home / shared)
+    return path
 
 
 def ensure_w8a8(home: Path) -> None:
@@ -96,88 +111,69 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--requests", type=int, default=24)
+    parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--settle-s", type=float, default=120.0)
+    parser.add_argument("--think-s", type=float, default=1.0, help="mean pause between answers")
     parser.add_argument(
         "--shadow-max-in-flight",
         type=int,
-        default=1,
-        help="quality.shadow_max_in_flight of the 'on' gateway (1, the default; 0: score only "
-        "on an idle engine)",
-    )
-    parser.add_argument(
-        "--engine-cpus",
-        type=int,
-        nargs="+",
-        help="cores for the two engines (the first the base's, the second w8a8's); the "
-        "gateways and this client keep the others",
+        default=0,
+        help="quality.shadow_max_in_flight of the 'on' gateway (0, the default: idle only)",
     )
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/shadow_overhead.json")
     args = parser.parse_args()
-    others = cores_besides(args.engine_cpus or [])
     home = Path(os.environ.get("LEANSERVE_HOME", REPO / ".leanserve"))
     ensure_w8a8(home)
     work = Path(tempfile.mkdtemp(prefix="shadow_overhead-"))
-    engines, urls = [], {}
-    for i, (name, recipe) in enumerate(((BASE, None), (W8A8, "w8a8"))):
-        env = {}
-        if args.engine_cpus:  # one core each where given two, else all of them for both
-            cores = args.engine_cpus[i : i + 1] if len(args.engine_cpus) > 1 else args.engine_cpus
-            env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores))
-            os.sched_setaffinity(0, cores)
-        proc, urls[name] = start_engine(home, work / f"engine-{i}.log", recipe, env)
-        engines.append(proc)
-    os.sched_setaffinity(0, others)
     gateways = {}
     try:
-        for proc, url in zip(engines, urls.values(), strict=True):
-            wait_health(url, proc, timeout_s=900)
         for label, rate in (("on", 1.0), ("off", 0.0)):
-            config = {
-                "variants": [],
-                "remote_engines": urls,
-                "experiment_store": f"sqlite:///{work / f'{label}.db'}",
-                "quality": {
-                    "shadow_rate": rate,
-                    "shadow_max_in_flight": args.shadow_max_in_flight,
-                },
+            env = {
+                "LEANSERVE_VARIANTS": json.dumps(["w8a8"]),
+                "LEANSERVE_BUILD_ARGS": json.dumps(SMALL_BUILD),  # finds the one built above
+                "LEANSERVE_QUALITY__SHADOW_RATE": str(rate),
+                "LEANSERVE_QUALITY__SHADOW_MAX_IN_FLIGHT": str(args.shadow_max_in_flight),
             }
-            (work / f"{label}.yaml").write_text(yaml.safe_dump(config))
-            gateways[label] = start_gateway(
-                home, work / f"gateway-{label}.log", args=["--config", str(work / f"{label}.yaml")]
-            )
+            gw_home = own_home(home, work / f"home-{label}")
+            gateways[label] = start_gateway(gw_home, work / f"gateway-{label}.log", env)
         for gw in gateways.values():
-            gw.wait_ready()
+            gw.wait_ready(900)
+            states = wait_variants(gw.url, 900)
+            if states.get("w8a8") != "ready":
+                raise RuntimeError(f"w8a8 is not ready: {states}; see {gw.log_path}")
         model = f"{BASE}:base"
         for gw in gateways.values():  # warm both paths (connections, the engines' first runs)
             asyncio.run(run_round("warmup", gw.url, model, args.concurrency, args.concurrency, 8))
-        settle(gateways["on"].url, args.settle_s)
+        placement = gateways["on"].ready_info()["engines"].get(W8A8, {}).get("placement")
+        settle(gateways["on"].url, SETTLE_S)
         before = shadow_counts(gateways["on"].url)
+        in_rounds = 0.0  # answers the "on" gateway scored while its own round ran
         rounds: dict[str, list[Round]] = {"on": [], "off": []}
         for i in range(args.rounds):
             for label in ("on", "off") if i % 2 == 0 else ("off", "on"):
-                settle(gateways["on"].url, args.settle_s)
+                # The "on" gateway's leftover read-backs would run on the shared core during
+                # an "off" round (its engines look idle to it): let them finish first.
+                settle(gateways["on"].url, SETTLE_S)
+                start = shadow_counts(gateways["on"].url).get("scored", 0.0)
                 r = asyncio.run(
                     run_round(
                         label, gateways[label].url, model, args.concurrency, args.requests,
-                        args.max_tokens,
+                        args.max_tokens, think_s=args.think_s,
                     )
                 )  # fmt: skip
+                if label == "on":
+                    in_rounds += shadow_counts(gateways["on"].url).get("scored", 0.0) - start
                 rounds[label].append(r)
                 print(
                     f"round {i} shadow {label:3s} p95 TTFT {p95(ttfts(r)) * 1000:7.1f} ms  "
                     f"median {statistics.median(ttfts(r)) * 1000:7.1f} ms  errors {r.errors}",
                     flush=True,
                 )
-        settle(gateways["on"].url, args.settle_s)
+        settle(gateways["on"].url, SETTLE_S)
         after = shadow_counts(gateways["on"].url)
     finally:
         for gw in gateways.values():
             gw.stop()
-        for proc in engines:
-            proc.terminate()
-            proc.wait(60)
     p95s = {k: [p95(ttfts(r)) for r in v] for k, v in rounds.items()}
     medians = {k: [statistics.median(ttfts(r)) for r in v] for k, v in rounds.items()}
     mean, low, high = paired_ratio(p95s["on"], p95s["off"])
@@ -186,8 +182,9 @@ def main() -> None:
         "concurrency": args.concurrency,
         "requests_per_round": args.requests,
         "max_tokens": args.max_tokens,
-        "engine_cpus": args.engine_cpus,
+        "think_s": args.think_s,
         "shadow_max_in_flight": args.shadow_max_in_flight,
+        "w8a8_placement": placement,
         "p95_ttft_ms_median_on": round(statistics.median(p95s["on"]) * 1000, 1),
         "p95_ttft_ms_median_off": round(statistics.median(p95s["off"]) * 1000, 1),
         "p95_ttft_paired_ratio_on_over_off": round(mean, 4),
@@ -196,6 +193,7 @@ def main() -> None:
         "median_ttft_ms_median_off": round(statistics.median(medians["off"]) * 1000, 1),
         "per_round_p95_ttft_ms": {k: [round(x * 1000, 1) for x in v] for k, v in p95s.items()},
         "shadow_on": {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after},
+        "scored_during_on_rounds": in_rounds,
         "client_requests_on": args.rounds * args.requests,
         "errors": sum(r.errors for v in rounds.values() for r in v),
     }

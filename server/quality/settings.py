@@ -30,8 +30,8 @@ class QualitySettings(BaseModel):
         ge=0,
         description="Score on an engine only while it, and every engine sharing its cores or "
         "GPU, has at most this many client requests in flight: scoring uses idle time only "
-        "(0; 1 read back beside one request cost clients' p95 time to first token 1.6x on a "
-        "shared CPU core, BENCHMARKS.md).",
+        "by default (0). Even so, at shadow_rate 1.0 read-backs in idle gaps raised clients' "
+        "p95 time to first token ~3.8x on a 2-core machine (BENCHMARKS.md); keep the rate low.",
     )
     shadow_wait_s: float = Field(
         default=30.0,
