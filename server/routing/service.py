@@ -127,9 +127,11 @@ def backend_state(
 def cpu_mates_busy(backend: Backend, registry: Registry) -> bool:
     """Engines that share CPU cores (fewer cores than engines: on 2 cores every variant shares
     the base's core, at a lower priority) serve one at a time under the slo policy: splitting a
-    core between two busy engines adds no capacity, and the lower-priority one starves
-    (measured: the slo policy shed 88 % of an overload that the base alone shed 59 % of).
-    Engines sharing a GPU are not held back: the GPU interleaves their kernels."""
+    core between two busy engines adds no capacity, and the lower-priority one starves. At 3x
+    the base's capacity on 2 cores, slo answered 158 requests within the SLO without this rule
+    and 566 with it, against 369-498 for the base alone with shedding (BENCHMARKS.md "Overload
+    on the planner's placement"). Engines sharing a GPU are not held back: the GPU interleaves
+    their kernels."""
     return any(m.in_flight > 0 for m in registry.core_mates(backend, "cpu"))
 
 
