@@ -6,8 +6,8 @@ full it is dropped and counted. One worker scores one answer at a time, and only
 engine it needs has spare capacity (at most quality.shadow_max_in_flight client requests in
 flight, by default none, on that engine and on every engine the placement plan has computing
 on the same cores or GPU; it waits up to quality.shadow_wait_s, then drops the answer,
-counted). Its calls are
-not client requests: they are not counted in flight and do not move routing's statistics.
+counted). Its calls are not client requests: they are not counted in flight and do not move
+routing's statistics.
 
 What is compared: live quality describes each variant against the base. An answer of the base
 is read back by every ready variant; an answer of a variant by the base. Both sides read the
