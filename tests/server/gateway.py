@@ -128,10 +128,15 @@ def engine_headers(engine: dict) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
+def engine_queues(engine_url: str) -> dict[str, float]:
+    """Requests the vLLM engine itself is generating ("running") and holding ("waiting") now,
+    from its own /metrics."""
+    values = parse(httpx.get(f"{engine_url}/metrics", timeout=10).text)
+    return {k: values.get(f"vllm:num_requests_{k}", 0.0) for k in ("running", "waiting")}
+
+
 def engine_running(engine_url: str) -> float:
-    """Requests the vLLM engine itself is generating now (its own /metrics)."""
-    text = httpx.get(f"{engine_url}/metrics", timeout=10).text
-    return parse(text).get("vllm:num_requests_running", 0.0)
+    return engine_queues(engine_url)["running"]
 
 
 def wait_engine_running(engine_url: str, predicate, timeout_s: float) -> bool:

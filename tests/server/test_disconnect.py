@@ -12,16 +12,10 @@ import time
 import httpx
 import pytest
 
-from server.metrics.engine_stats import parse
+from tests.server.gateway import engine_queues
 from tests.server.gateway import wait_engine_running as _wait_running
 
 pytestmark = pytest.mark.slow
-
-
-def _engine_counts(engine_url: str) -> dict[str, float]:
-    text = httpx.get(f"{engine_url}/metrics", timeout=10).text
-    counts = parse(text)
-    return {k: counts.get(f"vllm:num_requests_{k}", 0.0) for k in ("running", "waiting")}
 
 
 def _what_went_wrong(gateway, engine_url: str, sock: socket.socket | None = None) -> str:
@@ -33,7 +27,7 @@ def _what_went_wrong(gateway, engine_url: str, sock: socket.socket | None = None
         with contextlib.suppress(OSError):
             answer = sock.recv(2000)
     return (
-        f"engine: {_engine_counts(engine_url)}; the gateway answered: {answer[:600]!r}\n"
+        f"engine: {engine_queues(engine_url)}; the gateway answered: {answer[:600]!r}\n"
         f"gateway log:\n{gateway.log_tail(30)}"
     )
 

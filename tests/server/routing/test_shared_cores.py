@@ -18,7 +18,7 @@ FAST_GOOD = {"quality": {"chat": {"top1_agreement": 0.95}}, "size": {"size_ratio
 SETTINGS = load_settings(variants=[], routing={"quality_floor": 0.9, "shed_load": True})
 
 
-def placed(device: str = "cpu", **cards):
+def placed(device: str = "cpu"):
     """The base and two variants on one core (or GPU), as the plan puts them on 2 cores."""
     names = (BASE, W8A8, W4A16)
     backends = [backend(BASE), backend(W8A8, FAST_GOOD), backend(W4A16, FAST_GOOD)]
